@@ -1,0 +1,1 @@
+"""Change data capture: log readers (sources), the normalizing layer and the outbox."""

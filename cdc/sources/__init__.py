@@ -1,0 +1,1 @@
+"""Log readers. One module per database, each implementing cdc.changes.Source."""

@@ -1,0 +1,142 @@
+"""The YAML config: loading, ${ENV} / ${file:...} expansion and errors that name the YAML path.
+
+Secrets (DSNs, tokens, keys) are SecretStr: they never appear in reprs, logs, errors or --json output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cdc.mapping import StockMapping
+from cdc.sources.config import MySQLSourceConfig, PostgresSourceConfig
+from sinks.config import SinkConfig
+
+
+class ConfigError(ValueError):
+    """Config is unusable. ``str()`` lists one ``file: yaml.path: problem`` line per problem."""
+
+
+class OutboxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field("erpsync.db", description="SQLite file (relative to the config file)")
+    commit_interval_ms: int = Field(50, ge=0, description="group-commit window for ERP transactions")
+    commit_max_rows: int = Field(20_000, gt=0, description="commit at least this often (memory bound)")
+
+
+class OpsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    listen: str = Field("127.0.0.1:9187", description="metrics and health endpoint (loopback by default)")
+    max_lag_seconds: float = Field(60.0, gt=0, description="/readyz fails above this lag")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: PostgresSourceConfig | MySQLSourceConfig = Field(discriminator="kind")
+    stock: StockMapping | None = None
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)
+
+    # where it was loaded from, for relative paths and messages
+    origin: str = Field("<config>", exclude=True)
+
+    def outbox_path(self) -> Path:
+        p = Path(self.outbox.path)
+        if not p.is_absolute() and self.origin not in ("<config>", "<string>"):
+            p = Path(self.origin).resolve().parent / p
+        return p
+
+    def sink(self, name: str) -> SinkConfig:
+        for s in self.sinks:
+            if s.name == name:
+                return s
+        raise ConfigError(f"{self.origin}: sinks: no sink named {name!r}")
+
+
+_VAR = re.compile(r"\$\{([^}]+)\}")
+
+
+def _expand(node: Any, path: str, problems: list[str]) -> Any:
+    """Replace ${VAR}, ${VAR:-default} and ${file:/path} inside strings, remembering the YAML path."""
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        expr = m.group(1)
+        if expr.startswith("file:"):
+            fpath = expr[5:]
+            try:
+                return Path(fpath).read_text().strip()
+            except OSError as e:
+                problems.append(f"{path}: cannot read secret file {fpath}: {e.strerror}")
+                return ""
+        name, _, default = expr.partition(":-")
+        if name in os.environ:
+            return os.environ[name]
+        if ":-" in expr:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _VAR.sub(sub, node)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("postgres", "mysql", "webhook", "function-after", "function-before"):
+            continue  # discriminator tags pydantic inserts into the path
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def load_config_text(text: str, origin: str = "<string>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(f"{origin}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    problems: list[str] = []
+    data = _expand(raw, "", problems)
+    if problems:
+        raise ConfigError("\n".join(f"{origin}: {p}" for p in problems))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        # Never echo input values: they may be secrets.
+        lines = [f"{origin}: {_loc(err['loc'])}: {err['msg']}" for err in e.errors(include_input=False)]
+        raise ConfigError("\n".join(lines)) from None
+    cfg.origin = origin
+    names = [s.name for s in cfg.sinks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{origin}: sinks: duplicate sink name(s): {', '.join(dupes)}")
+    if cfg.stock is None:
+        raise ConfigError(f"{origin}: stock: nothing is mapped (add a stock: block)")
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    return load_config_text(text, str(p))

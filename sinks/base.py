@@ -1,0 +1,112 @@
+"""The one small interface every shop sink implements, and the HTTP plumbing they share."""
+
+from __future__ import annotations
+
+import random
+import ssl
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from time import time
+
+import httpx
+
+from erpsync.facts import Fact, FactKey
+from sinks.config import SinkConfigBase
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    RETRY = "retry"  # transient (429, 5xx, timeout, throttled): try again later
+    PERMANENT = "permanent"  # the shop refused this fact (unknown SKU, validation): dead-letter it
+
+
+@dataclass(slots=True)
+class PushResult:
+    key: FactKey
+    outcome: Outcome
+    message: str = ""
+    retry_after: float | None = None  # seconds, from the platform's own signal when it gave one
+    throttled: bool = False
+
+
+class SinkError(RuntimeError):
+    """Configuration or connectivity problem of a sink as a whole."""
+
+
+class Sink(ABC):
+    """Push fact values to one shop. ``push`` never raises for per-fact problems: it returns one
+    PushResult per input fact (same order) so one bad SKU never blocks the others."""
+
+    kind: str = "?"
+    max_batch: int = 100
+
+    def __init__(self, config: SinkConfigBase) -> None:
+        self.config = config
+        self.name = config.name
+        if config.max_batch:
+            self.max_batch = min(self.max_batch, config.max_batch)
+
+    @abstractmethod
+    def push(self, facts: list[Fact]) -> list[PushResult]: ...
+
+    def snapshot(self) -> Iterator[Fact]:
+        """The shop's current stock and prices as facts (for the reconciler)."""
+        raise NotImplementedError(f"{self.kind} sink cannot list the shop yet")
+
+    def close(self) -> None:
+        return None
+
+    # shared helpers -----------------------------------------------------------------------------
+    def all(self, facts: list[Fact], outcome: Outcome, message: str = "", **kw: object) -> list[PushResult]:
+        return [PushResult(f.key, outcome, message, **kw) for f in facts]  # type: ignore[arg-type]
+
+
+def http_client(config: SinkConfigBase, headers: dict[str, str] | None = None, **kw: object) -> httpx.Client:
+    """An httpx client with TLS verification on (optionally against ``ca_file``) and the sink's timeout."""
+    verify: bool | ssl.SSLContext = config.verify_tls
+    if config.ca_file:
+        verify = ssl.create_default_context(cafile=config.ca_file)
+    return httpx.Client(
+        timeout=httpx.Timeout(config.timeout_seconds),
+        verify=verify,
+        headers={"User-Agent": "erpsync/0.1", **(headers or {})},
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def retry_after_seconds(resp: httpx.Response) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP date), or None."""
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in (408, 425, 429) or status >= 500
+
+
+def backoff_seconds(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter (attempt 1 → up to base seconds)."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def describe_http_error(resp: httpx.Response, limit: int = 300) -> str:
+    """Short, safe description of an error response (no headers: they may carry secrets)."""
+    text = resp.text.strip().replace("\n", " ")
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    ctype = resp.headers.get("content-type", "")
+    if "html" in ctype:
+        text = "HTML error page (not an API response)"
+    return f"HTTP {resp.status_code}: {text}" if text else f"HTTP {resp.status_code}"

@@ -1,0 +1,229 @@
+"""Shared emulator machinery: a threaded HTTP server, fault injection and the control endpoints.
+
+Control endpoints (all platforms): ``GET /_emulator/state`` (what the shop holds), ``POST
+/_emulator/faults`` (JSON body of Faults fields), ``POST /_emulator/reset``, ``GET /_emulator/stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Faults(BaseModel):
+    """Fault injection rates (0..1 per request) and modes. Applied before the platform sees the request."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate_429: float = Field(0.0, ge=0, le=1)
+    rate_500: float = Field(0.0, ge=0, le=1)
+    rate_timeout: float = Field(0.0, ge=0, le=1, description="hold the request for timeout_seconds, then 504")
+    rate_drop: float = Field(0.0, ge=0, le=1, description="close the connection without answering")
+    rate_html: float = Field(0.0, ge=0, le=1, description="answer a 502 HTML page from a 'proxy'")
+    slow_ms: int = Field(0, ge=0, description="added latency on every request")
+    timeout_seconds: float = 15.0
+    retry_after: float = 1.0
+    down: bool = Field(False, description="every request answers 503 (shop outage)")
+    seed: int | None = None
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    received_at: float = field(default_factory=time.time)
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def q(self, name: str, default: str | None = None) -> str | None:
+        v = self.query.get(name)
+        return v[0] if v else default
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: Any = None  # dict/list → JSON; str/bytes → as is
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    def encode(self) -> bytes:
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode()
+        return json.dumps(self.body, default=str).encode()
+
+
+class DropConnection(Exception):
+    pass
+
+
+class Emulator:
+    """Base class: subclasses implement ``handle(req) -> Response`` and ``state()``."""
+
+    platform = "base"
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        self.faults = faults or Faults()
+        self._rng = random.Random(self.faults.seed)
+        self.lock = threading.RLock()
+        self.stats: dict[str, int] = {"requests": 0, "injected": 0, "throttled": 0, "rejected": 0}
+        self.server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # to implement ---------------------------------------------------------------------------------
+    def handle(self, req: Request) -> Response:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def reset(self) -> None:
+        return None
+
+    # fault injection ------------------------------------------------------------------------------
+    def set_faults(self, **changes: Any) -> None:
+        self.faults = self.faults.model_copy(update=changes)
+        if "seed" in changes:
+            self._rng = random.Random(changes["seed"])
+
+    def _injected(self) -> Response | None:
+        f = self.faults
+        if f.slow_ms:
+            time.sleep(f.slow_ms / 1000)
+        if f.down:
+            return Response(503, {"error": "service unavailable"}, {"Retry-After": str(f.retry_after)})
+        r = self._rng.random()
+        for rate, kind in (
+            (f.rate_429, "429"),
+            (f.rate_500, "500"),
+            (f.rate_timeout, "timeout"),
+            (f.rate_drop, "drop"),
+            (f.rate_html, "html"),
+        ):
+            if r < rate:
+                self.stats["injected"] += 1
+                if kind == "429":
+                    return Response(429, {"errors": "Too Many Requests"}, {"Retry-After": str(f.retry_after)})
+                if kind == "500":
+                    return Response(500, {"errors": "Internal Server Error"})
+                if kind == "timeout":
+                    time.sleep(f.timeout_seconds)
+                    return Response(504, {"errors": "Gateway Timeout"})
+                if kind == "drop":
+                    raise DropConnection
+                return Response(502, "<html><body><h1>502 Bad Gateway</h1></body></html>", {}, "text/html")
+            r -= rate
+        return None
+
+    def dispatch(self, req: Request) -> Response:
+        if req.path.startswith("/_emulator/"):
+            return self._control(req)
+        with self.lock:
+            self.stats["requests"] += 1
+        injected = self._injected()
+        if injected is not None:
+            return injected
+        try:
+            return self.handle(req)
+        except json.JSONDecodeError as e:
+            self.stats["rejected"] += 1
+            return Response(400, {"error": f"malformed JSON: {e}"})
+
+    def _control(self, req: Request) -> Response:
+        what = req.path.removeprefix("/_emulator/")
+        if what == "state":
+            with self.lock:
+                return Response(200, self.state())
+        if what == "stats":
+            return Response(200, self.stats)
+        if what == "faults" and req.method == "POST":
+            self.set_faults(**(req.json() or {}))
+            return Response(200, self.faults.model_dump())
+        if what == "reset" and req.method == "POST":
+            with self.lock:
+                self.reset()
+            return Response(200, {"ok": True})
+        return Response(404, {"error": "unknown control endpoint"})
+
+    # serving --------------------------------------------------------------------------------------
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
+        """Serve in a background thread; returns the base URL."""
+        self.server = _Server((host, port), _handler_for(self))
+        self._thread = threading.Thread(target=self.server.serve_forever, name=f"emu-{self.platform}",
+                                        daemon=True)
+        self._thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
+        self.server = _Server((host, port), _handler_for(self))
+        self.server.serve_forever()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def _handler_for(emu: Emulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return None
+
+        def _serve(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            req = Request(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
+                          {k.lower(): v for k, v in self.headers.items()}, body)
+            try:
+                resp = emu.dispatch(req)
+            except DropConnection:
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            data = resp.encode()
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in resp.headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+    return Handler
