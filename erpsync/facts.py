@@ -27,9 +27,10 @@ class Fact:
     """One value to set in a shop.
 
     stock: ``value = {"available": int}``; price: ``value = {"amount": Decimal, "currency": str,
-    "compare_at": Decimal | None}``. ``version`` grows with every change of any fact (the outbox assigns it) so
-    that an older value can always be told from a newer one. ``commit_ts`` is the ERP commit time (epoch
-    seconds) of the change that produced the value, for end-to-end latency; ``position`` is its source position.
+    "compare_at": Decimal | None}``. ``version`` grows with every change of any fact (the outbox assigns
+    it) so that an older value can always be told from a newer one. ``commit_ts`` is the ERP commit time
+    (epoch seconds) of the change that produced the value, for end-to-end latency; ``position`` is its
+    source position.
     """
 
     key: FactKey

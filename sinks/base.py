@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from enum import Enum
+from enum import StrEnum
 from time import time
 
 import httpx
@@ -17,7 +17,7 @@ from erpsync.facts import Fact, FactKey
 from sinks.config import SinkConfigBase
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     RETRY = "retry"  # transient (429, 5xx, timeout, throttled): try again later
     PERMANENT = "permanent"  # the shop refused this fact (unknown SKU, validation): dead-letter it

@@ -6,6 +6,7 @@ Control endpoints (all platforms): ``GET /_emulator/state`` (what the shop holds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -210,10 +211,8 @@ def _handler_for(emu: Emulator) -> type[BaseHTTPRequestHandler]:
                 resp = emu.dispatch(req)
             except DropConnection:
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
             data = resp.encode()
             self.send_response(resp.status)

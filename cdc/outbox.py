@@ -1,0 +1,338 @@
+"""The outbox: an embedded SQLite file (WAL mode) between the ERP side and the shop side.
+
+The ERP thread writes facts *and* the source position in one transaction, and only then confirms that
+position to the ERP; sink threads read what each sink still lacks. Newest value per key wins (a fact row
+is updated in place, with a new version), so a shop that was down sees only the latest value per key.
+Memory stays flat however long a shop is down: the backlog lives on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from erpsync.facts import Fact, FactKey, decode_value, encode_value
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS facts (
+    kind TEXT NOT NULL, sku TEXT NOT NULL, scope TEXT NOT NULL,
+    value TEXT NOT NULL, version INTEGER NOT NULL,
+    position TEXT, commit_ts REAL, written_at REAL,
+    PRIMARY KEY (kind, sku, scope)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS facts_version ON facts(version);
+CREATE TABLE IF NOT EXISTS sinks (name TEXT PRIMARY KEY, kinds TEXT NOT NULL, added_at REAL);
+-- per sink and key: the version it must reach (want) and the one it acknowledged (done)
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink TEXT NOT NULL, kind TEXT NOT NULL, sku TEXT NOT NULL, scope TEXT NOT NULL,
+    want INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, last_error TEXT,
+    PRIMARY KEY (sink, kind, sku, scope)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(sink, next_at) WHERE want > done;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sink TEXT NOT NULL, kind TEXT NOT NULL, sku TEXT NOT NULL, scope TEXT NOT NULL,
+    version INTEGER NOT NULL, value TEXT NOT NULL, error TEXT NOT NULL,
+    attempts INTEGER NOT NULL, failed_at REAL NOT NULL,
+    PRIMARY KEY (sink, kind, sku, scope)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    source TEXT PRIMARY KEY, position TEXT NOT NULL, snapshot_done INTEGER NOT NULL DEFAULT 0,
+    commit_ts REAL, updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_status (
+    sink TEXT PRIMARY KEY, last_ok_at REAL, last_error TEXT, last_error_at REAL
+);
+"""
+
+
+def connect(path: str | Path, *, durable: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves), WAL, with a generous busy timeout."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed outbox transaction survives power loss, because the ERP forgets it right after.
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+@dataclass(slots=True)
+class Pending:
+    fact: Fact
+    attempts: int
+
+
+class Outbox:
+    """The ERP-side writer. One instance, used from the ERP thread only."""
+
+    def __init__(self, path: str | Path, sinks: dict[str, list[str]] | None = None, *,
+                 durable: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = connect(self.path, durable=durable)
+        self.conn.executescript(SCHEMA)
+        self._in_tx = False
+        row = self.conn.execute("SELECT max(version) FROM facts").fetchone()
+        self._version = int(row[0] or 0)
+        self.sink_kinds: dict[str, list[str]] = {}
+        if sinks is not None:
+            self.register_sinks(sinks)
+
+    # transactions ---------------------------------------------------------------------------------
+    def begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self.conn.execute("COMMIT")
+            self._in_tx = False
+
+    def rollback(self) -> None:
+        if self._in_tx:
+            self.conn.execute("ROLLBACK")
+            self._in_tx = False
+
+    # sinks ----------------------------------------------------------------------------------------
+    def register_sinks(self, sinks: dict[str, list[str]]) -> None:
+        """Make every configured sink known; a sink added later gets every current fact queued."""
+        self.sink_kinds = {k: list(v) for k, v in sinks.items()}
+        known = {r[0] for r in self.conn.execute("SELECT name FROM sinks")}
+        self.begin()
+        for name, kinds in sinks.items():
+            if name in known:
+                self.conn.execute("UPDATE sinks SET kinds=? WHERE name=?", (",".join(kinds), name))
+                continue
+            self.conn.execute("INSERT INTO sinks VALUES (?,?,?)", (name, ",".join(kinds), time.time()))
+            marks = ",".join("?" * len(kinds))
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO deliveries (sink, kind, sku, scope, want) "
+                f"SELECT ?, kind, sku, scope, version FROM facts WHERE kind IN ({marks})", (name, *kinds))
+        self.commit()
+
+    # facts ----------------------------------------------------------------------------------------
+    def current(self, key: FactKey) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT value FROM facts WHERE kind=? AND sku=? AND scope=?",
+                                (key.kind, key.sku, key.scope)).fetchone()
+        return decode_value(key.kind, row[0]) if row else None
+
+    def write_facts(self, facts: Iterable[Fact]) -> int:
+        """Upsert facts inside the open transaction. Unchanged values are skipped (no new version, nothing
+        to push); changed ones get the next version and are queued for every sink that takes their kind.
+        Returns how many changed."""
+        self.begin()
+        cur = self.conn.cursor()
+        changed = 0
+        now = time.time()
+        fact_rows = []
+        deliveries = []
+        for f in facts:
+            k = f.key
+            encoded = encode_value(f.value)
+            row = cur.execute("SELECT value FROM facts WHERE kind=? AND sku=? AND scope=?",
+                              (k.kind, k.sku, k.scope)).fetchone()
+            if row is not None and row[0] == encoded:
+                continue
+            self._version += 1
+            changed += 1
+            fact_rows.append((k.kind, k.sku, k.scope, encoded, self._version, f.position, f.commit_ts, now))
+            for sink, kinds in self.sink_kinds.items():
+                if k.kind in kinds:
+                    deliveries.append((sink, k.kind, k.sku, k.scope, self._version))
+        if fact_rows:
+            cur.executemany(
+                "INSERT INTO facts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(kind, sku, scope) DO UPDATE SET "
+                "value=excluded.value, version=excluded.version, position=excluded.position, "
+                "commit_ts=excluded.commit_ts, written_at=excluded.written_at", fact_rows)
+        if deliveries:
+            cur.executemany(
+                "INSERT INTO deliveries (sink, kind, sku, scope, want) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(sink, kind, sku, scope) DO UPDATE SET want=excluded.want, attempts=0, "
+                "next_at=0", deliveries)
+        return changed
+
+    def facts(self, kind: str | None = None) -> Iterator[Fact]:
+        q = "SELECT kind, sku, scope, value, version, position, commit_ts FROM facts"
+        args: tuple[Any, ...] = ()
+        if kind:
+            q += " WHERE kind=?"
+            args = (kind,)
+        for r in self.conn.execute(q + " ORDER BY kind, sku, scope", args):
+            yield Fact(FactKey(r[0], r[1], r[2]), decode_value(r[0], r[3]), r[4], r[5] or "", r[6] or 0.0)
+
+    # positions ------------------------------------------------------------------------------------
+    def set_position(self, source: str, position: str, *, commit_ts: float | None = None,
+                     snapshot_done: bool = True) -> None:
+        self.begin()
+        self.conn.execute(
+            "INSERT INTO positions VALUES (?,?,?,?,?) ON CONFLICT(source) DO UPDATE SET "
+            "position=excluded.position, snapshot_done=excluded.snapshot_done, "
+            "commit_ts=coalesce(excluded.commit_ts, positions.commit_ts), updated_at=excluded.updated_at",
+            (source, position, int(snapshot_done), commit_ts, time.time()))
+
+    def position(self, source: str) -> str | None:
+        """The stored resume position, or None if there is none or the snapshot never completed."""
+        row = self.conn.execute("SELECT position, snapshot_done FROM positions WHERE source=?",
+                                (source,)).fetchone()
+        return row[0] if row and row[1] else None
+
+    def reset(self) -> None:
+        """Forget positions and derived state (for a re-snapshot). Facts stay: the snapshot rewrites them
+        and unchanged values are not pushed again."""
+        self.begin()
+        self.conn.execute("DELETE FROM positions")
+        for (name,) in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'state_%'").fetchall():
+            self.conn.execute(f'DELETE FROM "{name}"')
+        self.commit()
+
+    def close(self) -> None:
+        self.rollback()
+        self.conn.close()
+
+
+class SinkQueue:
+    """What one sink still has to deliver. Each delivery thread owns one (own SQLite connection)."""
+
+    def __init__(self, path: str | Path, sink: str, *, lock: threading.Lock | None = None) -> None:
+        self.sink = sink
+        self.conn = connect(path, durable=False)  # loss of an ack only means a harmless re-push
+        self.conn.executescript(SCHEMA)
+
+    def next_batch(self, limit: int, now: float | None = None) -> list[Pending]:
+        """Up to ``limit`` facts this sink lacks and may try now, oldest-due first, newest value each."""
+        now = time.time() if now is None else now
+        rows = self.conn.execute(
+            "SELECT f.kind, f.sku, f.scope, f.value, f.version, f.position, f.commit_ts, d.attempts "
+            "FROM deliveries d JOIN facts f ON f.kind=d.kind AND f.sku=d.sku AND f.scope=d.scope "
+            "WHERE d.sink=? AND d.want > d.done AND d.next_at <= ? ORDER BY d.next_at LIMIT ?",
+            (self.sink, now, limit)).fetchall()
+        return [Pending(Fact(FactKey(r[0], r[1], r[2]), decode_value(r[0], r[3]), r[4], r[5] or "",
+                             r[6] or 0.0), r[7]) for r in rows]
+
+    def next_due(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT min(next_at) FROM deliveries WHERE sink=? AND want > done", (self.sink,)).fetchone()
+        return row[0]
+
+    def mark_ok(self, facts: list[Fact]) -> None:
+        if not facts:
+            return
+        now = time.time()
+        with _tx(self.conn):
+            self.conn.executemany(
+                "UPDATE deliveries SET done=max(done, ?), attempts=0, next_at=0, last_error=NULL "
+                "WHERE sink=? AND kind=? AND sku=? AND scope=?",
+                [(f.version, self.sink, f.kind, f.sku, f.key.scope) for f in facts])
+            # a newer value got through: the older failure is history, not a problem to act on
+            self.conn.executemany(
+                "DELETE FROM dead_letters WHERE sink=? AND kind=? AND sku=? AND scope=? AND version < ?",
+                [(self.sink, f.kind, f.sku, f.key.scope, f.version) for f in facts])
+            self.conn.execute(
+                "INSERT INTO sink_status (sink, last_ok_at) VALUES (?, ?) ON CONFLICT(sink) DO UPDATE "
+                "SET last_ok_at=excluded.last_ok_at", (self.sink, now))
+
+    def mark_retry(self, items: list[tuple[Fact, int, float, str]]) -> None:
+        """(fact, attempts so far + 1, delay seconds, error) for each fact to try again later."""
+        if not items:
+            return
+        now = time.time()
+        with _tx(self.conn):
+            self.conn.executemany(
+                "UPDATE deliveries SET attempts=?, next_at=?, last_error=? "
+                "WHERE sink=? AND kind=? AND sku=? AND scope=? AND want=?",
+                [(a, now + d, err, self.sink, f.kind, f.sku, f.key.scope, f.version)
+                 for f, a, d, err in items])
+            self._status_error(items[-1][3], now)
+
+    def mark_dead(self, items: list[tuple[Fact, int, str]]) -> None:
+        """(fact, attempts, error): the shop refused it; park it in the dead-letter table."""
+        if not items:
+            return
+        now = time.time()
+        with _tx(self.conn):
+            self.conn.executemany(
+                "INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(sink, kind, sku, scope) "
+                "DO UPDATE SET version=excluded.version, value=excluded.value, error=excluded.error, "
+                "attempts=excluded.attempts, failed_at=excluded.failed_at",
+                [(self.sink, f.kind, f.sku, f.key.scope, f.version, encode_value(f.value), err, a, now)
+                 for f, a, err in items])
+            self.conn.executemany(
+                "UPDATE deliveries SET done=max(done, ?), attempts=0, next_at=0, last_error=? "
+                "WHERE sink=? AND kind=? AND sku=? AND scope=?",
+                [(f.version, err, self.sink, f.kind, f.sku, f.key.scope) for f, _a, err in items])
+            self._status_error(items[-1][2], now)
+
+    def _status_error(self, error: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO sink_status (sink, last_error, last_error_at) VALUES (?,?,?) ON CONFLICT(sink) "
+            "DO UPDATE SET last_error=excluded.last_error, last_error_at=excluded.last_error_at",
+            (self.sink, error[:500], now))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _tx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et: object, *_: object) -> None:
+        self.conn.execute("COMMIT" if et is None else "ROLLBACK")
+
+
+# read-only views for status, dlq and metrics ------------------------------------------------------
+def pending_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT sink, count(*) FROM deliveries WHERE want > done GROUP BY sink"))
+
+
+def dlq_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink"))
+
+
+def dlq_list(conn: sqlite3.Connection, sink: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    q = "SELECT sink, kind, sku, scope, version, value, error, attempts, failed_at FROM dead_letters"
+    args: tuple[Any, ...] = ()
+    if sink:
+        q += " WHERE sink=?"
+        args = (sink,)
+    q += " ORDER BY failed_at LIMIT ?"
+    cols = ["sink", "kind", "sku", "scope", "version", "value", "error", "attempts", "failed_at"]
+    return [dict(zip(cols, r, strict=True)) for r in conn.execute(q, (*args, limit))]
+
+
+def _dlq_where(sink: str | None, skus: list[str] | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if sink:
+        clauses.append("sink=?")
+        args.append(sink)
+    if skus:
+        clauses.append(f"sku IN ({','.join('?' * len(skus))})")
+        args.extend(skus)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def dlq_retry(conn: sqlite3.Connection, sink: str | None = None, skus: list[str] | None = None) -> int:
+    """Queue dead letters again (with the fact's *current* value) and clear them."""
+    where, args = _dlq_where(sink, skus)
+    with _tx(conn):
+        rows = conn.execute(f"SELECT sink, kind, sku, scope FROM dead_letters{where}", args).fetchall()
+        conn.executemany("UPDATE deliveries SET done=0, attempts=0, next_at=0, last_error=NULL "
+                         "WHERE sink=? AND kind=? AND sku=? AND scope=?", rows)
+        conn.execute(f"DELETE FROM dead_letters{where}", args)
+    return len(rows)
+
+
+def dlq_drop(conn: sqlite3.Connection, sink: str | None = None, skus: list[str] | None = None) -> int:
+    where, args = _dlq_where(sink, skus)
+    with _tx(conn):
+        return conn.execute(f"DELETE FROM dead_letters{where}", args).rowcount

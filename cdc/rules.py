@@ -1,0 +1,315 @@
+"""Mapping rules: small SQL expressions parsed once with sqlglot.
+
+The same rule is (a) compiled into a Python function evaluated on streamed rows, and (b) transpiled into
+the snapshot/reconcile SELECT for PostgreSQL, MySQL and DuckDB, so both paths compute the same thing.
+SQL NULL semantics hold on the Python side: arithmetic and comparisons with NULL give NULL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
+
+DIALECTS = ("postgres", "mysql", "duckdb")
+
+
+class RuleError(ValueError):
+    """A rule that cannot be parsed, compiled or transpiled; the message names its YAML path."""
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, float):
+        return Decimal(repr(v))
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return Decimal(v.strip())
+        except InvalidOperation:
+            raise ValueError(f"not a number: {v[:40]!r}") from None
+    return v
+
+
+def _add(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else _num(a) + _num(b)
+
+
+def _sub(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else _num(a) - _num(b)
+
+
+def _mul(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else _num(a) * _num(b)
+
+
+def _div(a: Any, b: Any) -> Any:
+    if a is None or b is None or b == 0:
+        return None  # SQL would raise on /0; a rule must not stop the stream: NULL, like MySQL
+    return Decimal(_num(a)) / Decimal(_num(b))
+
+
+def _mod(a: Any, b: Any) -> Any:
+    return None if a is None or b is None or b == 0 else _num(a) % _num(b)
+
+
+def _neg(a: Any) -> Any:
+    return None if a is None else -_num(a)
+
+
+def _cmp(op: str) -> Callable[[Any, Any], Any]:
+    import operator
+
+    f = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "ge": operator.ge,
+         "lt": operator.lt, "le": operator.le}[op]
+
+    def compare(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        if isinstance(a, (int, float, Decimal)) and not isinstance(a, bool) and isinstance(b, str):
+            b = _num(b)
+        elif isinstance(b, (int, float, Decimal)) and not isinstance(b, bool) and isinstance(a, str):
+            a = _num(a)
+        return f(_num(a) if isinstance(a, float) else a, _num(b) if isinstance(b, float) else b)
+
+    return compare
+
+
+def _and(*xs: Any) -> Any:
+    if any(x is False or (x is not None and not x) for x in xs):
+        return False
+    return None if any(x is None for x in xs) else True
+
+
+def _or(*xs: Any) -> Any:
+    if any(x is not None and bool(x) for x in xs):
+        return True
+    return None if any(x is None for x in xs) else False
+
+
+def _not(a: Any) -> Any:
+    return None if a is None else not a
+
+
+def _coalesce(*xs: Any) -> Any:
+    return next((x for x in xs if x is not None), None)
+
+
+def _concat(*xs: Any) -> Any:
+    return None if any(x is None for x in xs) else "".join(_text(x) for x in xs)
+
+
+def _text(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _lower(v: Any) -> Any:
+    return None if v is None else _text(v).lower()
+
+
+def _upper(v: Any) -> Any:
+    return None if v is None else _text(v).upper()
+
+
+def _trim(v: Any) -> Any:
+    return None if v is None else _text(v).strip()
+
+
+def _to_int(v: Any) -> Any:
+    if v is None:
+        return None
+    n = _num(v)
+    return int(n)
+
+
+def _to_dec(v: Any) -> Any:
+    return None if v is None else Decimal(_num(v))
+
+
+def _greatest(*xs: Any) -> Any:
+    vals = [_num(x) for x in xs if x is not None]
+    return max(vals) if vals else None
+
+
+def _least(*xs: Any) -> Any:
+    vals = [_num(x) for x in xs if x is not None]
+    return min(vals) if vals else None
+
+
+def _abs(v: Any) -> Any:
+    return None if v is None else abs(_num(v))
+
+
+def _round(v: Any, places: Any = 0) -> Any:
+    if v is None:
+        return None
+    from decimal import ROUND_HALF_UP
+
+    return Decimal(_num(v)).quantize(Decimal(1).scaleb(-int(places or 0)), rounding=ROUND_HALF_UP)
+
+
+def _in(v: Any, *xs: Any) -> Any:
+    if v is None:
+        return None
+    return any(_cmp("eq")(v, x) for x in xs)
+
+
+HELPERS: dict[str, Any] = {
+    "_add": _add, "_sub": _sub, "_mul": _mul, "_div": _div, "_mod": _mod, "_neg": _neg,
+    "_eq": _cmp("eq"), "_ne": _cmp("ne"), "_gt": _cmp("gt"), "_ge": _cmp("ge"), "_lt": _cmp("lt"),
+    "_le": _cmp("le"), "_and": _and, "_or": _or, "_not": _not, "_coalesce": _coalesce,
+    "_concat": _concat, "_lower": _lower, "_upper": _upper, "_trim": _trim, "_to_int": _to_int,
+    "_to_dec": _to_dec, "_text": _text, "_greatest": _greatest, "_least": _least, "_abs": _abs,
+    "_round": _round, "_in": _in, "Decimal": Decimal,
+}
+
+_BINARY = {exp.Add: "_add", exp.Sub: "_sub", exp.Mul: "_mul", exp.Div: "_div", exp.Mod: "_mod",
+           exp.EQ: "_eq", exp.NEQ: "_ne", exp.GT: "_gt", exp.GTE: "_ge", exp.LT: "_lt", exp.LTE: "_le",
+           exp.DPipe: "_concat"}
+_UNARY_FN = {exp.Lower: "_lower", exp.Upper: "_upper", exp.Abs: "_abs"}
+_INT_TYPES = {"INT", "BIGINT", "SMALLINT", "TINYINT", "INTEGER", "UBIGINT", "UINT", "MEDIUMINT"}
+_DEC_TYPES = {"DECIMAL", "NUMERIC", "DOUBLE", "FLOAT", "REAL", "BIGDECIMAL"}
+_TEXT_TYPES = {"TEXT", "VARCHAR", "CHAR", "NVARCHAR", "NCHAR"}
+
+
+class Rule:
+    """One compiled rule. ``columns`` are the (lower-cased as written) column names it reads."""
+
+    def __init__(self, text: str | int, path: str) -> None:
+        self.text = str(text)
+        self.path = path
+        try:
+            self.tree = sqlglot.parse_one(self.text, error_level=ErrorLevel.RAISE)
+        except (ParseError, SqlglotError) as e:
+            raise RuleError(f"{path}: cannot parse rule {self.text!r}: {_first_line(e)}") from None
+        if self.tree is None or isinstance(self.tree, (exp.Select, exp.Query, exp.Command)):
+            raise RuleError(f"{path}: rule {self.text!r} must be an expression, not a statement")
+        self.columns: list[str] = []
+        self._lookups: list[tuple[str, str]] = []
+        code = self._py(self.tree)
+        try:
+            self.fn: Callable[[dict[str, Any]], Any] = eval(f"lambda r: {code}", dict(HELPERS))
+        except SyntaxError as e:  # pragma: no cover - codegen bug
+            raise RuleError(f"{path}: internal compile error for {self.text!r}: {e}") from None
+        for d in DIALECTS:  # refuse at load what a dialect cannot express
+            self.sql(d)
+
+    def __repr__(self) -> str:
+        return f"Rule({self.text!r} at {self.path})"
+
+    def __call__(self, row: dict[str, Any]) -> Any:
+        return self.fn(row)
+
+    @property
+    def is_column(self) -> bool:
+        return isinstance(self.tree, exp.Column)
+
+    def sql(self, dialect: str, qualifier: str | None = None) -> str:
+        """The rule as SQL for ``dialect``; identifiers quoted (no injection through column names)."""
+        tree = self.tree.copy()
+        if qualifier:
+            for col in tree.find_all(exp.Column):
+                col.set("table", exp.to_identifier(qualifier))
+        try:
+            return tree.sql(dialect=dialect, identify=True, unsupported_level=ErrorLevel.RAISE)
+        except SqlglotError as e:
+            raise RuleError(f"{self.path}: rule {self.text!r} cannot be written for {dialect}: "
+                            f"{_first_line(e)}") from None
+
+    # codegen --------------------------------------------------------------------------------------
+    def _py(self, node: exp.Expression) -> str:
+        if isinstance(node, exp.Paren):
+            return self._py(node.this)
+        if isinstance(node, exp.Column):
+            if node.table:
+                raise RuleError(f"{self.path}: {node.sql()!r}: write plain column names (rules read one row)")
+            name = node.name
+            if name not in self.columns:
+                self.columns.append(name)
+            return f"r.get({name!r})"
+        if isinstance(node, exp.Literal):
+            if node.is_string:
+                return repr(node.this)
+            text = node.this
+            return repr(int(text)) if text.lstrip("-").isdigit() else f"Decimal({text!r})"
+        if isinstance(node, exp.Null):
+            return "None"
+        if isinstance(node, exp.Boolean):
+            return repr(bool(node.this))
+        if isinstance(node, exp.Neg):
+            return f"_neg({self._py(node.this)})"
+        for cls, fn in _BINARY.items():
+            if type(node) is cls:
+                return f"{fn}({self._py(node.left)}, {self._py(node.right)})"
+        if isinstance(node, exp.And):
+            return f"_and({self._py(node.left)}, {self._py(node.right)})"
+        if isinstance(node, exp.Or):
+            return f"_or({self._py(node.left)}, {self._py(node.right)})"
+        if isinstance(node, exp.Not):
+            return f"_not({self._py(node.this)})"
+        if isinstance(node, exp.Is):
+            inner = self._py(node.this)
+            if not isinstance(node.expression, exp.Null):
+                raise RuleError(f"{self.path}: only IS [NOT] NULL is supported in {self.text!r}")
+            return f"({inner} is None)"
+        if isinstance(node, exp.In):
+            items = ", ".join(self._py(e) for e in node.expressions)
+            return f"_in({self._py(node.this)}, {items})"
+        if isinstance(node, exp.Between):
+            v, lo, hi = (self._py(node.this), self._py(node.args["low"]), self._py(node.args["high"]))
+            return f"_and(_ge({v}, {lo}), _le({v}, {hi}))"
+        if isinstance(node, exp.Coalesce):
+            args = [node.this, *node.expressions]
+            return f"_coalesce({', '.join(self._py(a) for a in args)})"
+        if isinstance(node, (exp.Greatest, exp.Least)):
+            args = [node.this, *node.expressions]
+            fn = "_greatest" if isinstance(node, exp.Greatest) else "_least"
+            return f"{fn}({', '.join(self._py(a) for a in args)})"
+        if isinstance(node, exp.Concat):
+            return f"_concat({', '.join(self._py(a) for a in node.expressions)})"
+        if isinstance(node, exp.Trim):
+            return f"_trim({self._py(node.this)})"
+        if isinstance(node, exp.Round):
+            places = node.args.get("decimals")
+            return f"_round({self._py(node.this)}, {self._py(places) if places else 0})"
+        for cls, fn in _UNARY_FN.items():
+            if type(node) is cls:
+                return f"{fn}({self._py(node.this)})"
+        if isinstance(node, exp.Case):
+            default = self._py(node.args["default"]) if node.args.get("default") else "None"
+            code = default
+            subject = node.this
+            for branch in reversed(node.args.get("ifs") or []):
+                cond = self._py(branch.this)
+                if subject is not None:
+                    cond = f"_eq({self._py(subject)}, {cond})"
+                code = f"({self._py(branch.args['true'])} if {cond} else {code})"
+            return code
+        if isinstance(node, exp.If):
+            false = self._py(node.args["false"]) if node.args.get("false") else "None"
+            return f"({self._py(node.args['true'])} if {self._py(node.this)} else {false})"
+        if isinstance(node, (exp.Cast, exp.TryCast)):
+            to = node.to.this.name if hasattr(node.to.this, "name") else str(node.to.this)
+            inner = self._py(node.this)
+            if to in _INT_TYPES:
+                return f"_to_int({inner})"
+            if to in _DEC_TYPES:
+                return f"_to_dec({inner})"
+            if to in _TEXT_TYPES:
+                return f"_text({inner})"
+            raise RuleError(f"{self.path}: CAST to {to} is not supported in {self.text!r}")
+        raise RuleError(f"{self.path}: {type(node).__name__} ({node.sql()!r}) is not supported in rules; "
+                        "use columns, literals, + - * /, CASE, COALESCE, comparisons, AND/OR/NOT, "
+                        "IN, BETWEEN, LOWER/UPPER/TRIM, ||, CAST, GREATEST/LEAST, ABS, ROUND")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

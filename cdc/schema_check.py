@@ -1,0 +1,70 @@
+"""Check a mapping against the live ERP schema before anything starts.
+
+Each rule is run by the ERP database itself in a ``SELECT <rule> FROM <table> WHERE 1 = 0``, so a wrong
+column or a type the expression cannot handle is refused by the database's own type checker, and the
+error names the rule's YAML path. Nothing is read or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from sqlglot import exp
+
+from cdc.rules import Rule
+
+# DB-API type codes meaning "a number": PostgreSQL OIDs, and MySQL FIELD_TYPE codes
+PG_NUMERIC = {20, 21, 23, 26, 700, 701, 1700}
+MYSQL_NUMERIC = {0, 1, 2, 3, 4, 5, 8, 9, 13, 16, 246}
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def table_sql(table: str, dialect: str) -> str:
+    parts = table.split(".")
+    t = exp.Table(this=exp.to_identifier(parts[-1]),
+                  db=exp.to_identifier(parts[-2]) if len(parts) > 1 else None)
+    return t.sql(dialect=dialect, identify=True)
+
+
+def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: list[Rule],
+                numeric: list[Rule]) -> None:
+    """Raise SchemaError naming the YAML path of the first rule the database refuses."""
+    tsql = table_sql(table, dialect)
+    with conn.cursor() as cur:
+        try:
+            cur.execute(f"SELECT 1 FROM {tsql} WHERE 1 = 0")
+        except Exception as e:
+            _reset(conn)
+            raise SchemaError(f"{table_path}: table {table} not found or not readable: {_msg(e)}") from None
+        cur.execute(f"SELECT * FROM {tsql} WHERE 1 = 0")
+        columns = [d[0].lower() for d in cur.description or []]
+        for rule in rules:
+            missing = [c for c in rule.columns if c.lower() not in columns]
+            if missing:
+                raise SchemaError(f"{rule.path}: column {missing[0]!r} not found in {table} "
+                                  f"(columns: {', '.join(columns)})")
+            try:
+                cur.execute(f"SELECT {rule.sql(dialect)} FROM {tsql} WHERE 1 = 0")
+            except Exception as e:
+                _reset(conn)
+                raise SchemaError(f"{rule.path}: {rule.text!r} does not work on {table}: {_msg(e)}") from None
+            if rule in numeric:
+                code = cur.description[0][1] if cur.description else None
+                ok = PG_NUMERIC if dialect == "postgres" else MYSQL_NUMERIC
+                if code is not None and code not in ok:
+                    raise SchemaError(f"{rule.path}: {rule.text!r} must give a number on {table}, "
+                                      f"but gives a non-numeric type (code {code}); cast it")
+
+
+def _reset(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.rollback()
+
+
+def _msg(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

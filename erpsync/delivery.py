@@ -1,0 +1,102 @@
+"""Shop side: one delivery thread per sink, reading what the sink lacks from the outbox and pushing it.
+
+Retryable failures wait with backoff (or the platform's own Retry-After / throttle signal) in the outbox,
+so the thread moves on to other SKUs; permanent failures go to the dead-letter table. A fact is retried
+with its *current* value, so an older value is never pushed after a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from cdc.outbox import Pending, SinkQueue
+from erpsync import metrics
+from erpsync.logs import fields
+from sinks.base import Outcome, Sink, backoff_seconds
+
+log = logging.getLogger("erpsync.delivery")
+
+
+class Deliverer(threading.Thread):
+    def __init__(self, sink: Sink, outbox_path: str | Path, *, max_attempts: int = 20,
+                 idle_wait: float = 0.25) -> None:
+        super().__init__(name=f"sink-{sink.name}", daemon=True)
+        self.sink = sink
+        self.path = outbox_path
+        self.max_attempts = max_attempts
+        self.idle_wait = idle_wait
+        self.wake = threading.Event()  # set by the ERP side after each outbox commit
+        self.stop_event = threading.Event()
+        self.drain_until: float | None = None
+        self.delivered = 0
+        self.error: BaseException | None = None
+
+    def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop; with drain_seconds, first keep pushing what is due for up to that long."""
+        self.drain_until = time.monotonic() + drain_seconds
+        self.stop_event.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        queue = SinkQueue(self.path, self.sink.name)
+        try:
+            while True:
+                stopping = self.stop_event.is_set()
+                if stopping and (self.drain_until is None or time.monotonic() >= self.drain_until):
+                    break
+                batch = queue.next_batch(self.sink.max_batch)
+                if not batch:
+                    if self.stop_event.is_set():
+                        break  # drained
+                    due = queue.next_due()
+                    wait = self.idle_wait if due is None else min(self.idle_wait, max(0.0, due - time.time()))
+                    self.wake.wait(max(wait, 0.005))
+                    self.wake.clear()
+                    continue
+                self._push(queue, batch)
+        except BaseException as e:  # a dead delivery thread must be visible, not silent
+            self.error = e
+            log.exception("delivery thread for sink %s stopped", self.sink.name)
+        finally:
+            queue.close()
+
+    def _push(self, queue: SinkQueue, batch: list[Pending]) -> None:
+        facts = [p.fact for p in batch]
+        started = time.time()
+        with metrics.sink_request_seconds.labels(self.sink.name).time():
+            results = self.sink.push(facts)
+        now = time.time()
+        ok, retry, dead = [], [], []
+        for p, r in zip(batch, results, strict=True):
+            if r.outcome is Outcome.OK:
+                ok.append(p.fact)
+            elif r.outcome is Outcome.RETRY and p.attempts + 1 < self.max_attempts:
+                delay = max(r.retry_after or 0.0, backoff_seconds(p.attempts + 1))
+                retry.append((p.fact, p.attempts + 1, delay, r.message or "retry"))
+            else:
+                msg = r.message
+                if r.outcome is not Outcome.PERMANENT:
+                    msg = f"gave up after {p.attempts + 1} tries: {r.message}"
+                dead.append((p.fact, p.attempts + 1, msg))
+            if r.throttled:
+                metrics.sink_throttled_total.labels(self.sink.name).inc()
+        queue.mark_ok(ok)
+        queue.mark_retry(retry)
+        queue.mark_dead(dead)
+        self.delivered += len(ok)
+        name = self.sink.name
+        for f in ok:
+            if f.commit_ts:
+                metrics.end_to_end_seconds.labels(name).observe(max(0.0, now - f.commit_ts))
+        metrics.sink_facts_total.labels(name, "ok").inc(len(ok))
+        if retry:
+            metrics.sink_errors_total.labels(name, "retry").inc(len(retry))
+        if dead:
+            metrics.sink_errors_total.labels(name, "permanent").inc(len(dead))
+            for f, _a, msg in dead:
+                log.warning("dead-lettered %s for sink %s: %s", f.key, name, msg)
+        log.info("pushed batch", extra=fields(sink=name, facts=len(batch), ok=len(ok), retry=len(retry),
+                                               dead=len(dead), ms=round((now - started) * 1000, 1)))

@@ -1,0 +1,64 @@
+"""Logging: JSON lines when stderr is not a terminal, plain text when it is. Secrets never reach here:
+config values are SecretStr and messages are written not to include them; the filter below is a last
+line of defence for values registered as secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for s in _SECRETS:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": redact(record.getMessage())}
+        for k, v in getattr(record, "fields", {}).items():
+            out[k] = v
+        if record.exc_info:
+            out["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        ts = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extra:
+            line += f" {extra}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return redact(line)
+
+
+def setup(level: str = "info", fmt: str = "auto") -> None:
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fields(**kw: object) -> dict[str, dict[str, object]]:
+    """``log.info("batch", extra=fields(sink=..., n=...))``"""
+    return {"fields": kw}

@@ -1,0 +1,245 @@
+"""Wiring of the data path: source → normalizer → outbox (one SQLite commit with the position) → ack;
+and one delivery thread per sink from the outbox to the shop.
+
+Concurrency model: threads. The ERP side runs on the calling thread (the blocking replication clients are
+not thread-safe, and nothing sits between the reader and the outbox, so no queue can grow); each sink has
+a delivery thread. The only hand-off is the outbox file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc.changes import Chunk, Source
+from cdc.normalize import StockNormalizer
+from cdc.outbox import Outbox, dlq_counts, pending_counts
+from erpsync import metrics
+from erpsync.config import Config
+from erpsync.delivery import Deliverer
+from erpsync.logs import fields, register_secret
+from sinks.base import Sink
+
+log = logging.getLogger("erpsync.pipeline")
+
+
+def source_id(cfg: Config) -> str:
+    s = cfg.source
+    return f"postgres:{s.slot}" if s.kind == "postgres" else f"mysql:{s.server_id}"
+
+
+def make_source(cfg: Config, tables: list[str]) -> Source:
+    if cfg.source.kind == "postgres":
+        from cdc.sources.postgres import PostgresSource
+
+        register_secret(cfg.source.dsn.get_secret_value())
+        return PostgresSource(cfg.source, tables)
+    from cdc.sources.mysql import MySQLSource
+
+    register_secret(cfg.source.password.get_secret_value())
+    return MySQLSource(cfg.source, tables)
+
+
+def make_sink(sink_cfg: Any) -> Sink:
+    for name in ("secret", "token", "access_token", "consumer_key", "consumer_secret", "api_key", "key"):
+        value = getattr(sink_cfg, name, None)
+        if value is not None and hasattr(value, "get_secret_value"):
+            register_secret(value.get_secret_value())
+    try:
+        from sinks.registry import make_sink as registry_make_sink
+    except ImportError:
+        registry_make_sink = None
+    if registry_make_sink is not None:
+        return registry_make_sink(sink_cfg)
+    from sinks.webhook import WebhookSink
+
+    return WebhookSink(sink_cfg)
+
+
+@dataclass
+class RunStats:
+    transactions: int = 0
+    changes: int = 0
+    facts: int = 0
+    commits: int = 0
+    position: str | None = None
+    started: float = field(default_factory=time.time)
+
+
+class Pipeline:
+    """``Pipeline(cfg).run(stop_event)`` until the event is set; then flush, confirm and return."""
+
+    def __init__(self, cfg: Config, *, source: Source | None = None, sinks: list[Sink] | None = None,
+                 drain_seconds: float = 5.0) -> None:
+        self.cfg = cfg
+        self.drain_seconds = drain_seconds
+        self.outbox = Outbox(cfg.outbox_path(), {s.name: list(s.kinds) for s in cfg.sinks})
+        assert cfg.stock is not None
+        default_schema = "public" if cfg.source.kind == "postgres" else cfg.source.database
+        self.normalizer = StockNormalizer(cfg.stock, self.outbox.conn, default_schema=default_schema)
+        self.source = source or make_source(cfg, self.normalizer.tables)
+        self.source_id = source_id(cfg)
+        self.sinks = sinks if sinks is not None else [make_sink(s) for s in cfg.sinks]
+        self.deliverers = [
+            Deliverer(s, cfg.outbox_path(), max_attempts=c.max_attempts)
+            for s, c in zip(self.sinks, cfg.sinks, strict=False)
+        ]
+        self.stats = RunStats()
+        self._last_lag = 0.0
+        self._clamped_seen = self._errors_seen = 0
+
+    # ERP side -------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> RunStats:
+        for d in self.deliverers:
+            d.start()
+        try:
+            self.source.prepare()
+            stored = self.outbox.position(self.source_id)
+            if self.source.needs_snapshot(stored):
+                stored = self._snapshot(stop)
+            if stored is not None and not stop.is_set():
+                metrics.source_connected.set(1)
+                self._stream(stored, stop)
+        finally:
+            metrics.source_connected.set(0)
+            self.outbox.rollback()
+            self.source.close()
+            for d in self.deliverers:
+                d.stop(self.drain_seconds)
+            for d in self.deliverers:
+                d.join(self.drain_seconds + 30)
+            for s in self.sinks:
+                s.close()
+            self._refresh_gauges()
+            self.outbox.close()
+        return self.stats
+
+    def _snapshot(self, stop: threading.Event) -> str | None:
+        """Initial load, in ONE outbox transaction: a half-done snapshot is never pushed to a shop."""
+        log.info("snapshot starting", extra=fields(tables=self.normalizer.tables))
+        self.outbox.reset()
+        rows = 0
+        started = time.monotonic()
+        last_report = started
+        for chunk in self.source.snapshot(self.normalizer.tables):
+            if stop.is_set():
+                self.outbox.rollback()
+                log.warning("snapshot interrupted; it restarts from scratch next time")
+                return None
+            self.outbox.begin()
+            self._apply(chunk)
+            rows += len(chunk.changes)
+            if time.monotonic() - last_report > 2:
+                last_report = time.monotonic()
+                log.info("snapshot progress", extra=fields(rows=rows, rows_per_s=round(
+                    rows / (last_report - started))))
+            if chunk.commit is not None:
+                self.outbox.set_position(self.source_id, chunk.commit.position, commit_ts=chunk.commit.ts)
+                self.outbox.commit()
+                self.source.ack(chunk.commit.position)
+                self._wake()
+                log.info("snapshot done", extra=fields(rows=rows, position=chunk.commit.position,
+                                                       seconds=round(time.monotonic() - started, 2)))
+                self.stats.position = chunk.commit.position
+                return chunk.commit.position
+        return None
+
+    def _apply(self, chunk: Chunk) -> None:
+        if not chunk.changes:
+            return
+        pos = chunk.commit.position if chunk.commit else ""
+        ts = chunk.commit.ts if chunk.commit else (chunk.changes[0].source.ts_ms / 1000.0)
+        facts = self.normalizer.apply(chunk.changes, pos, ts)
+        n = self.outbox.write_facts(facts)
+        self.stats.changes += len(chunk.changes)
+        self.stats.facts += n
+        counts: dict[tuple[str, str], int] = {}
+        for c in chunk.changes:
+            k = (c.source.table, c.op)
+            counts[k] = counts.get(k, 0) + 1
+        for (table, op), cnt in counts.items():
+            metrics.changes_total.labels(table, op).inc(cnt)
+        if n:
+            metrics.facts_written_total.labels("stock").inc(n)
+
+    def _stream(self, position: str, stop: threading.Event) -> None:
+        ocfg = self.cfg.outbox
+        window = ocfg.commit_interval_ms / 1000.0
+        uncommitted_rows = 0
+        first_uncommitted: float | None = None
+        to_ack: str | None = None
+        log.info("streaming", extra=fields(source=self.source_id, position=position))
+        for chunk in self.source.stream(position):
+            if chunk.changes or chunk.commit:
+                self.outbox.begin()
+                self._apply(chunk)
+                uncommitted_rows += len(chunk.changes)
+                if first_uncommitted is None:
+                    first_uncommitted = time.monotonic()
+            if chunk.commit is not None:
+                self.outbox.set_position(self.source_id, chunk.commit.position, commit_ts=chunk.commit.ts)
+                to_ack = chunk.commit.position
+                if chunk.changes:
+                    self.stats.transactions += 1
+                    metrics.transactions_total.inc()
+            idle = not chunk.changes and chunk.commit is None
+            due = first_uncommitted is not None and (
+                idle or uncommitted_rows >= ocfg.commit_max_rows
+                or time.monotonic() - first_uncommitted >= window or stop.is_set())
+            if due:
+                # Commit the group; a big ERP transaction may commit here without its position (replaying
+                # it after a crash is harmless: row state is absolute), the position only with its end.
+                self.outbox.commit()
+                self.stats.commits += 1
+                if to_ack is not None:
+                    self.source.ack(to_ack)
+                    self.stats.position = to_ack
+                    to_ack = None
+                uncommitted_rows = 0
+                first_uncommitted = None
+                self._wake()
+            self._tick()
+            if stop.is_set() and first_uncommitted is None:
+                break
+        self.outbox.commit()
+        if to_ack is not None:
+            self.source.ack(to_ack)
+            self.stats.position = to_ack
+
+    def _wake(self) -> None:
+        for d in self.deliverers:
+            d.wake.set()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < 1.0:
+            return
+        self._last_lag = now
+        try:
+            lag = self.source.lag()
+            metrics.source_lag_bytes.set(lag.get("bytes", 0))
+            metrics.source_lag_seconds.set(lag.get("seconds", 0))
+            if "retained_bytes" in lag:
+                metrics.source_retained_bytes.set(lag["retained_bytes"])
+        except Exception as e:  # lag is informative; never stop the stream for it
+            log.debug("lag query failed: %s", e)
+        self._refresh_gauges()
+        for d in self.deliverers:
+            if d.error is not None:
+                raise RuntimeError(f"delivery thread for sink {d.sink.name} died: {d.error}") from d.error
+
+    def _refresh_gauges(self) -> None:
+        try:
+            pend = pending_counts(self.outbox.conn)
+            dlq = dlq_counts(self.outbox.conn)
+        except Exception:
+            return
+        for s in self.sinks:
+            metrics.outbox_pending.labels(s.name).set(pend.get(s.name, 0))
+            metrics.dlq_size.labels(s.name).set(dlq.get(s.name, 0))
+        metrics.stock_clamped_total.inc(self.normalizer.clamped - self._clamped_seen)
+        metrics.data_errors_total.inc(self.normalizer.data_errors - self._errors_seen)
+        self._clamped_seen, self._errors_seen = self.normalizer.clamped, self.normalizer.data_errors

@@ -1,0 +1,84 @@
+"""Generic JSON webhook sink: batched POST of facts, HMAC-SHA256 signed.
+
+Request: ``POST <url>`` with ``{"facts": [fact.to_json(), ...]}`` and ``X-Erpsync-Signature:
+sha256=<hex HMAC of the raw body>``. Answer 2xx to accept all; optionally ``{"results": [{"status":
+"ok"|"error"|"retry", "message": ...}, ...]}`` aligned with the facts; 429/5xx (with Retry-After) to
+retry the batch; other 4xx to refuse it (a multi-fact batch is then retried fact by fact so one bad fact
+does not sink the others).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import httpx
+
+from erpsync.facts import Fact
+from sinks.base import (
+    Outcome,
+    PushResult,
+    Sink,
+    describe_http_error,
+    http_client,
+    is_retryable_status,
+    retry_after_seconds,
+)
+from sinks.config import WebhookSinkConfig
+
+SIGNATURE_HEADER = "X-Erpsync-Signature"
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookSink(Sink):
+    kind = "webhook"
+
+    def __init__(self, config: WebhookSinkConfig) -> None:
+        self.max_batch = config.batch_size
+        super().__init__(config)
+        self.cfg = config
+        self._secret = config.secret.get_secret_value().encode() if config.secret else None
+        self.client = http_client(config, {"Content-Type": "application/json"})
+
+    def push(self, facts: list[Fact]) -> list[PushResult]:
+        if not facts:
+            return []
+        body = json.dumps({"facts": [f.to_json() for f in facts]}, separators=(",", ":")).encode()
+        headers = {SIGNATURE_HEADER: sign(self._secret, body)} if self._secret else {}
+        try:
+            resp = self.client.post(self.cfg.url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return self.all(facts, Outcome.RETRY, "timeout")
+        except httpx.TransportError as e:
+            return self.all(facts, Outcome.RETRY, f"connection error: {type(e).__name__}")
+        if 200 <= resp.status_code < 300:
+            return self._per_item(facts, resp)
+        if is_retryable_status(resp.status_code):
+            return self.all(facts, Outcome.RETRY, describe_http_error(resp),
+                            retry_after=retry_after_seconds(resp), throttled=resp.status_code == 429)
+        if len(facts) > 1:  # find the bad one(s) instead of refusing the whole batch
+            return [r for f in facts for r in self.push([f])]
+        return self.all(facts, Outcome.PERMANENT, describe_http_error(resp))
+
+    def _per_item(self, facts: list[Fact], resp: httpx.Response) -> list[PushResult]:
+        try:
+            data = resp.json() if resp.content else None
+        except ValueError:
+            data = None
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(facts):
+            return self.all(facts, Outcome.OK)
+        out = []
+        for f, r in zip(facts, results, strict=True):
+            status = r.get("status") if isinstance(r, dict) else "ok"
+            msg = str(r.get("message", ""))[:300] if isinstance(r, dict) else ""
+            outcome = {"ok": Outcome.OK, "retry": Outcome.RETRY}.get(str(status), Outcome.PERMANENT)
+            out.append(PushResult(f.key, outcome, msg))
+        return out
+
+    def close(self) -> None:
+        self.client.close()
