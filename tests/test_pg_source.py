@@ -258,10 +258,14 @@ def test_rollback_unpublished_truncate_delete_and_full_identity(pg_dsn: str, mak
 
 
 def test_large_transaction_arrives_in_bounded_chunks(pg_dsn: str, make_source: Any) -> None:
-    execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, v int)")
-    src = make_source(["items"])
+    execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, v int)", "INSERT INTO items VALUES (0, 0)")
+    src = make_source(["items"], proto_version=2)
     src.prepare()
-    _, start = snapshot_all(src)
+    abandoned = src.snapshot(None)
+    next(abandoned)  # an interrupted snapshot leaves its slot behind ...
+    abandoned.close()
+    assert src.slot_exists and src.needs_snapshot(None)
+    _, start = snapshot_all(src)  # ... which the next snapshot replaces
     execute(pg_dsn, "INSERT INTO items SELECT g, g FROM generate_series(1, 20000) g")
     chunks = [c for c in drain(src, start, insert_lsn(pg_dsn)) if c.changes or c.commit]
     data = [c for c in chunks if c.changes]

@@ -52,8 +52,7 @@ def pg_ts_to_epoch(us_since_2000: int) -> float:
 
 # --- text → Python converters (bytes in; identical for stream and snapshot) -------------------------
 
-def _text(b: bytes) -> str:
-    return b.decode()
+_text: Callable[[bytes], str] = bytes.decode  # C method: no Python frame per text value
 
 
 def _numeric(b: bytes) -> Decimal:
@@ -300,31 +299,32 @@ class PgOutputDecoder:
     def _tuple(buf: bytes, pos: int, rel: Relation) -> tuple[dict[str, Any], int]:
         n = _i16(buf, pos)[0]
         pos += 2
-        names = rel.names
-        conv = rel.converters
-        if n > len(names):
-            raise DecodeError(f"tuple has {n} columns, relation {rel.schema}.{rel.table} has {len(names)}")
-        row: dict[str, Any] = {}
-        for i in range(n):
+        convs = rel.converters
+        if n > len(convs):
+            raise DecodeError(f"tuple has {n} columns, relation {rel.schema}.{rel.table} has {len(convs)}")
+        vals: list[Any] = []
+        add = vals.append
+        # Iterating the converters (not an index) and zipping names at the end is the fastest pure-Python
+        # shape measured here; this loop is most of the decoder's cost.
+        for conv in convs[:n] if n < len(convs) else convs:
             kind = buf[pos]
-            pos += 1
             if kind == 116:  # 't' text
-                ln = _i32(buf, pos)[0]
-                pos += 4
-                row[names[i]] = conv[i](buf[pos:pos + ln])
-                pos += ln
+                end = pos + 5 + _i32(buf, pos + 1)[0]
+                add(conv(buf[pos + 5:end]))
+                pos = end
             elif kind == 110:  # 'n' null
-                row[names[i]] = None
+                add(None)
+                pos += 1
             elif kind == 117:  # 'u' unchanged TOAST
-                row[names[i]] = UNCHANGED_TOAST
+                add(UNCHANGED_TOAST)
+                pos += 1
             elif kind == 98:  # 'b' binary (only with the binary option): raw bytes
-                ln = _i32(buf, pos)[0]
-                pos += 4
-                row[names[i]] = buf[pos:pos + ln]
-                pos += ln
+                end = pos + 5 + _i32(buf, pos + 1)[0]
+                add(buf[pos + 5:end])
+                pos = end
             else:
                 raise DecodeError(f"unknown tuple column kind {kind}")
-        return row, pos
+        return dict(zip(rel.names, vals, strict=False)), pos
 
     # -- other messages --
     def _begin(self, buf: bytes) -> Begin:

@@ -10,6 +10,7 @@ One thread calls everything (see cdc.changes.Source).
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import time
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from cdc.sources.pgoutput import (
 )
 
 __all__ = ["PostgresSource", "ReplicationConnectionLost", "int_to_lsn", "lsn_to_int"]
+
+log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 5_000
 IDLE_TICK = 0.5  # an empty chunk at least this often while idle, so the caller can stop / confirm
@@ -447,7 +450,14 @@ class PostgresSource:
             return
         self._last_heartbeat = now
         # Transactional, so it arrives as Begin/Message/Commit with a confirmable commit position.
-        self._q("SELECT pg_logical_emit_message(true, 'erpsync.heartbeat', now()::text)")
+        try:
+            self._q("SELECT pg_logical_emit_message(true, 'erpsync.heartbeat', now()::text)")
+        except psycopg2.OperationalError:
+            raise  # the server is gone: the read loop reports it
+        except psycopg2.Error as e:
+            # e.g. a permission problem: keepalive positions still advance the slot, so degrade, loudly.
+            log.warning("heartbeat disabled: %s", (e.pgerror or str(e)).strip())
+            self._last_heartbeat = float("inf")
 
     # -- ack / lag / misc ------------------------------------------------------------------------------
     def ack(self, position: str) -> None:
