@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -70,6 +71,11 @@ class StockNormalizer:
         conn.executescript(STATE_SCHEMA)
         self.clamped = 0  # how many times a negative sum was clamped to 0 (a metric)
         self.data_errors = 0
+        # Overlay of row state and sums not yet flushed to the store (bounded by the commit window).
+        self._rows: dict[str, tuple[dict[str, Any], Contribution] | None] = {}
+        self._sums: dict[tuple[str, str], Decimal] = {}
+        self._errors: list[tuple[float, str, str, str]] = []
+        self._truncated = False
 
     @property
     def tables(self) -> list[str]:
@@ -102,21 +108,35 @@ class StockNormalizer:
         self.data_errors += 1
         log.warning("data error in %s row %s: %s (row contributes nothing until fixed)",
                     table, rowkey, problem)
-        self.conn.execute("INSERT OR REPLACE INTO data_errors VALUES (strftime('%s','now'), ?, ?, ?)",
-                          (table, rowkey, problem[:500]))
+        self._errors.append((time.time(), table, rowkey, problem[:500]))
 
-    def _load(self, rowkeys: list[str]) -> dict[str, tuple[dict[str, Any], Contribution]]:
-        out: dict[str, tuple[dict[str, Any], Contribution]] = {}
-        for i in range(0, len(rowkeys), _IN_BATCH):
-            part = rowkeys[i:i + _IN_BATCH]
+    def _load(self, rowkeys: list[str]) -> None:
+        """Bring the stored state of these rows into the overlay (rows already there stay as they are)."""
+        missing = [k for k in rowkeys if k not in self._rows]
+        if self._truncated:  # the table was emptied after what the store holds
+            self._rows.update(dict.fromkeys(missing))
+            return
+        for i in range(0, len(missing), _IN_BATCH):
+            part = missing[i:i + _IN_BATCH]
             q = ("SELECT rowkey, cols, sku, location, qty FROM state_stock_rows WHERE rowkey IN "
                  f"({','.join('?' * len(part))})")
-            for rk, cols, sku, loc, qty in self.conn.execute(q, part):
-                out[rk] = (json.loads(cols), Contribution(sku, loc, Decimal(qty)))
-        return out
+            found = {rk: (json.loads(cols), Contribution(sku, loc, Decimal(qty)))
+                     for rk, cols, sku, loc, qty in self.conn.execute(q, part)}
+            for k in part:
+                self._rows[k] = found.get(k)
+
+    def _sum(self, key: tuple[str, str]) -> Decimal:
+        if key not in self._sums:
+            row = None if self._truncated else self.conn.execute(
+                "SELECT qty FROM state_stock_sums WHERE sku=? AND location=?", key).fetchone()
+            self._sums[key] = Decimal(row[0]) if row else Decimal(0)
+        return self._sums[key]
 
     def apply(self, changes: list[RowChange], position: str = "", commit_ts: float = 0.0) -> list[Fact]:
-        """Apply one chunk of changes (inside the outbox's open transaction); return the facts it changes."""
+        """Apply one chunk of changes to the in-memory overlay; return the facts it changes.
+
+        Nothing is written until flush(), which the caller runs inside the outbox transaction that also
+        stores the facts and the position — so the SQLite write lock is held only for that short commit."""
         mine = [c for c in changes if c.table == self.table]
         if not mine:
             return []
@@ -132,26 +152,26 @@ class StockNormalizer:
                 old_key = new_key  # an insert replayed after a crash finds its own earlier contribution
             keyed.append((c, old_key, new_key))
             needed.extend(k for k in (old_key, new_key) if k is not None)
-        state = self._load(list(dict.fromkeys(needed)))
-        deltas: dict[tuple[str, str], Decimal] = {}
-        upserts: dict[str, tuple[dict[str, Any], Contribution] | None] = {}
+        self._load(list(dict.fromkeys(needed)))
+        touched: dict[tuple[str, str], None] = {}
+        rows = self._rows
 
         def shift(contrib: Contribution, sign: int) -> None:
             if contrib.counts:
-                k = (contrib.sku, contrib.location)  # type: ignore[assignment]
-                deltas[k] = deltas.get(k, Decimal(0)) + sign * contrib.qty  # type: ignore[index]
+                k = (contrib.sku, contrib.location)
+                self._sums[k] = self._sum(k) + sign * contrib.qty  # type: ignore[arg-type]
+                touched[k] = None  # type: ignore[index]
 
         for c, old_key, new_key in keyed:
             if c.op == "t":
-                self._truncate(deltas, upserts, state)
+                self._truncate(touched)
                 continue
-            prev = state.get(old_key) if old_key else None
+            prev = rows.get(old_key) if old_key else None
             if prev is not None:
                 shift(prev[1], -1)
             if c.op == "d":
                 if old_key:
-                    state[old_key] = None  # type: ignore[assignment]
-                    upserts[old_key] = None
+                    rows[old_key] = None
                 continue
             assert c.after is not None and new_key is not None
             cols = {k: c.after.get(k) for k in self.columns}
@@ -162,59 +182,61 @@ class StockNormalizer:
             contrib = self._contribution(self.table, new_key, cols)
             shift(contrib, +1)
             if old_key is not None and old_key != new_key:
-                state[old_key] = None  # type: ignore[assignment]
-                upserts[old_key] = None
-            state[new_key] = (cols, contrib)
-            upserts[new_key] = (cols, contrib)
+                rows[old_key] = None
+            rows[new_key] = (cols, contrib)
+        return self._facts(touched, position, commit_ts)
 
-        self._write_rows(upserts)
-        return self._apply_sums(deltas, position, commit_ts)
+    @property
+    def overlay_size(self) -> int:
+        return len(self._rows) + len(self._sums)
 
-    def _truncate(self, deltas: dict[tuple[str, str], Decimal],
-                  upserts: dict[str, tuple[dict[str, Any], Contribution] | None],
-                  state: dict[str, Any]) -> None:
-        # Flush what this chunk did so far, then every row of the table is gone: every sum is 0.
-        self._write_rows(upserts)
-        upserts.clear()
-        state.clear()
-        for sku, loc, qty in self.conn.execute("SELECT sku, location, qty FROM state_stock_sums"):
-            deltas[(sku, loc)] = deltas.get((sku, loc), Decimal(0)) - Decimal(qty)
-        self.conn.execute("DELETE FROM state_stock_rows")
+    def _truncate(self, touched: dict[tuple[str, str], None]) -> None:
+        # Every row of the table is gone: every sum, stored or in the overlay, becomes 0.
+        if not self._truncated:
+            for sku, loc in self.conn.execute("SELECT sku, location FROM state_stock_sums"):
+                self._sums.setdefault((sku, loc), Decimal(0))
+        for k in self._sums:
+            self._sums[k] = Decimal(0)
+            touched[k] = None
+        self._rows.clear()
+        self._truncated = True
 
-    def _write_rows(self, upserts: dict[str, tuple[dict[str, Any], Contribution] | None]) -> None:
-        dels = [(k,) for k, v in upserts.items() if v is None]
+    def flush(self) -> None:
+        """Write the overlay (inside the caller's open outbox transaction) and forget it."""
+        if self._truncated:
+            self.conn.execute("DELETE FROM state_stock_rows")
+            self.conn.execute("DELETE FROM state_stock_sums")
+        dels = [(k,) for k, v in self._rows.items() if v is None]
         rows = [(k, json.dumps({c: _plain(x) for c, x in v[0].items()}, separators=(",", ":")),
-                 v[1].sku, v[1].location, str(v[1].qty)) for k, v in upserts.items() if v is not None]
-        if dels:
+                 v[1].sku, v[1].location, str(v[1].qty)) for k, v in self._rows.items() if v is not None]
+        if dels and not self._truncated:
             self.conn.executemany("DELETE FROM state_stock_rows WHERE rowkey=?", dels)
         if rows:
             self.conn.executemany("INSERT OR REPLACE INTO state_stock_rows VALUES (?,?,?,?,?)", rows)
+        if self._sums:
+            self.conn.executemany("INSERT OR REPLACE INTO state_stock_sums VALUES (?,?,?)",
+                                  [(k[0], k[1], str(v)) for k, v in self._sums.items()])
+        if self._errors:
+            self.conn.executemany("INSERT OR REPLACE INTO data_errors VALUES (?,?,?,?)", self._errors)
+        self.discard()
 
-    def _apply_sums(self, deltas: dict[tuple[str, str], Decimal], position: str,
-                    commit_ts: float) -> list[Fact]:
-        touched = list(deltas)
-        current: dict[tuple[str, str], Decimal] = {}
-        for i in range(0, len(touched), _IN_BATCH):
-            part = touched[i:i + _IN_BATCH]
-            cond = " OR ".join("(sku=? AND location=?)" for _ in part)
-            args = [x for k in part for x in k]
-            for sku, loc, qty in self.conn.execute(
-                    f"SELECT sku, location, qty FROM state_stock_sums WHERE {cond}", args):
-                current[(sku, loc)] = Decimal(qty)
+    def discard(self) -> None:
+        self._rows = {}
+        self._sums = {}
+        self._errors = []
+        self._truncated = False
+
+    def _facts(self, touched: dict[tuple[str, str], None], position: str, commit_ts: float) -> list[Fact]:
         facts = []
-        rows = []
         safety = self.mapping.safety_stock
-        for k, d in deltas.items():
-            total = current.get(k, Decimal(0)) + d
-            rows.append((k[0], k[1], str(total)))
+        for k in touched:
+            total = self._sums[k]
             available = int(total.to_integral_value(rounding="ROUND_FLOOR")) - safety
             if available < 0:
                 if total < 0:
                     self.clamped += 1
                 available = 0
             facts.append(Fact(FactKey("stock", k[0], k[1]), {"available": available}, 0, position, commit_ts))
-        if rows:
-            self.conn.executemany("INSERT OR REPLACE INTO state_stock_sums VALUES (?,?,?)", rows)
         return facts
 
 

@@ -8,6 +8,7 @@ with its *current* value, so an older value is never pushed after a newer one.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -47,7 +48,12 @@ class Deliverer(threading.Thread):
                 stopping = self.stop_event.is_set()
                 if stopping and (self.drain_until is None or time.monotonic() >= self.drain_until):
                     break
-                batch = queue.next_batch(self.sink.max_batch)
+                try:
+                    batch = queue.next_batch(self.sink.max_batch)
+                except sqlite3.OperationalError as e:  # outbox busy (e.g. a long re-snapshot): wait
+                    log.warning("outbox busy for sink %s: %s", self.sink.name, e)
+                    self.stop_event.wait(1.0)
+                    continue
                 if not batch:
                     if self.stop_event.is_set():
                         break  # drained
@@ -56,7 +62,10 @@ class Deliverer(threading.Thread):
                     self.wake.wait(max(wait, 0.005))
                     self.wake.clear()
                     continue
-                self._push(queue, batch)
+                try:
+                    self._push(queue, batch)
+                except sqlite3.OperationalError as e:  # acks not recorded: a harmless re-push later
+                    log.warning("outbox busy for sink %s: %s", self.sink.name, e)
         except BaseException as e:  # a dead delivery thread must be visible, not silent
             self.error = e
             log.exception("delivery thread for sink %s stopped", self.sink.name)

@@ -20,6 +20,7 @@ from cdc.outbox import Outbox, dlq_counts, pending_counts
 from erpsync import metrics
 from erpsync.config import Config
 from erpsync.delivery import Deliverer
+from erpsync.facts import Fact, FactKey
 from erpsync.logs import fields, register_secret
 from sinks.base import Sink
 
@@ -93,13 +94,14 @@ class Pipeline:
 
     # ERP side -------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> RunStats:
-        for d in self.deliverers:
-            d.start()
         try:
             self.source.prepare()
             stored = self.outbox.position(self.source_id)
             if self.source.needs_snapshot(stored):
                 stored = self._snapshot(stop)
+            # Sinks start after the snapshot: it holds the outbox's write lock until it is complete.
+            for d in self.deliverers:
+                d.start()
             if stored is not None and not stop.is_set():
                 metrics.source_connected.set(1)
                 self._stream(stored, stop)
@@ -110,7 +112,8 @@ class Pipeline:
             for d in self.deliverers:
                 d.stop(self.drain_seconds)
             for d in self.deliverers:
-                d.join(self.drain_seconds + 30)
+                if d.is_alive():
+                    d.join(self.drain_seconds + 30)
             for s in self.sinks:
                 s.close()
             self._refresh_gauges()
@@ -127,10 +130,12 @@ class Pipeline:
         for chunk in self.source.snapshot(self.normalizer.tables):
             if stop.is_set():
                 self.outbox.rollback()
+                self.normalizer.discard()
                 log.warning("snapshot interrupted; it restarts from scratch next time")
                 return None
             self.outbox.begin()
-            self._apply(chunk)
+            self.outbox.write_facts(self._apply(chunk).values())
+            self.normalizer.flush()
             rows += len(chunk.changes)
             if time.monotonic() - last_report > 2:
                 last_report = time.monotonic()
@@ -147,41 +152,58 @@ class Pipeline:
                 return chunk.commit.position
         return None
 
-    def _apply(self, chunk: Chunk) -> None:
+    def _apply(self, chunk: Chunk, into: dict[FactKey, Fact] | None = None) -> dict[FactKey, Fact]:
+        """Normalize a chunk; its facts are merged into ``into`` (newest value per key wins)."""
+        into = {} if into is None else into
         if not chunk.changes:
-            return
+            return into
         pos = chunk.commit.position if chunk.commit else ""
         ts = chunk.commit.ts if chunk.commit else (chunk.changes[0].source.ts_ms / 1000.0)
-        facts = self.normalizer.apply(chunk.changes, pos, ts)
-        n = self.outbox.write_facts(facts)
+        for f in self.normalizer.apply(chunk.changes, pos, ts):
+            into[f.key] = f
         self.stats.changes += len(chunk.changes)
-        self.stats.facts += n
         counts: dict[tuple[str, str], int] = {}
         for c in chunk.changes:
             k = (c.source.table, c.op)
             counts[k] = counts.get(k, 0) + 1
         for (table, op), cnt in counts.items():
             metrics.changes_total.labels(table, op).inc(cnt)
+        return into
+
+    def _commit(self, facts: dict[FactKey, Fact], position: str | None, commit_ts: float | None) -> None:
+        """One short outbox transaction: row state, facts and (at a transaction end) the position."""
+        self.outbox.begin()
+        try:
+            self.normalizer.flush()
+            n = self.outbox.write_facts(facts.values())
+            if position is not None:
+                self.outbox.set_position(self.source_id, position, commit_ts=commit_ts)
+            self.outbox.commit()
+        except BaseException:
+            self.outbox.rollback()
+            raise
+        self.stats.facts += n
+        self.stats.commits += 1
         if n:
             metrics.facts_written_total.labels("stock").inc(n)
 
     def _stream(self, position: str, stop: threading.Event) -> None:
         ocfg = self.cfg.outbox
         window = ocfg.commit_interval_ms / 1000.0
+        facts: dict[FactKey, Fact] = {}
         uncommitted_rows = 0
         first_uncommitted: float | None = None
         to_ack: str | None = None
+        to_ack_ts: float | None = None
         log.info("streaming", extra=fields(source=self.source_id, position=position))
         for chunk in self.source.stream(position):
             if chunk.changes or chunk.commit:
-                self.outbox.begin()
-                self._apply(chunk)
+                self._apply(chunk, facts)
                 uncommitted_rows += len(chunk.changes)
                 if first_uncommitted is None:
                     first_uncommitted = time.monotonic()
             if chunk.commit is not None:
-                self.outbox.set_position(self.source_id, chunk.commit.position, commit_ts=chunk.commit.ts)
-                to_ack = chunk.commit.position
+                to_ack, to_ack_ts = chunk.commit.position, chunk.commit.ts
                 if chunk.changes:
                     self.stats.transactions += 1
                     metrics.transactions_total.inc()
@@ -190,24 +212,19 @@ class Pipeline:
                 idle or uncommitted_rows >= ocfg.commit_max_rows
                 or time.monotonic() - first_uncommitted >= window or stop.is_set())
             if due:
-                # Commit the group; a big ERP transaction may commit here without its position (replaying
-                # it after a crash is harmless: row state is absolute), the position only with its end.
-                self.outbox.commit()
-                self.stats.commits += 1
+                # Group commit. Inside a big ERP transaction this commits without a position (replaying
+                # it after a crash is harmless: row state is absolute); the position comes with its end.
+                self._commit(facts, to_ack, to_ack_ts)
                 if to_ack is not None:
                     self.source.ack(to_ack)
                     self.stats.position = to_ack
-                    to_ack = None
+                facts, to_ack, to_ack_ts = {}, None, None
                 uncommitted_rows = 0
                 first_uncommitted = None
                 self._wake()
             self._tick()
             if stop.is_set() and first_uncommitted is None:
                 break
-        self.outbox.commit()
-        if to_ack is not None:
-            self.source.ack(to_ack)
-            self.stats.position = to_ack
 
     def _wake(self) -> None:
         for d in self.deliverers:
