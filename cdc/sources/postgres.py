@@ -80,8 +80,9 @@ class PostgresSource:
     def _connect(self, **kw: Any) -> Any:
         try:
             opts = psycopg2.extensions.parse_dsn(self._dsn).get("options", "")
-        except psycopg2.Error as e:
-            raise SourceError("the PostgreSQL DSN could not be parsed (check its syntax)") from e
+        except psycopg2.Error:
+            # from None: libpq's parse error quotes fragments of the DSN, which may hold the password
+            raise SourceError("the PostgreSQL DSN could not be parsed (check its syntax)") from None
         try:
             return psycopg2.connect(self._dsn, options=f"{opts} {SESSION_OPTIONS}".strip(),
                                     application_name="erpsync", **kw)
