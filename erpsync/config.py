@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cdc.mapping import StockMapping
+from cdc.rules import Rule, RuleError
 from cdc.sources.config import MySQLSourceConfig, PostgresSourceConfig
 from sinks.config import SinkConfig
 
@@ -33,6 +34,10 @@ class OpsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str = Field("127.0.0.1:9187", description="metrics and health endpoint (loopback by default)")
     max_lag_seconds: float = Field(60.0, gt=0, description="/readyz fails above this lag")
+    sink_down_seconds: float = Field(
+        120.0, gt=0, description="/readyz fails when a sink with pending facts has only failed for this long")
+    outage_budget_hours: float = Field(
+        24.0, gt=0, description="how long erpsync may be down without losing the ERP log (doctor checks it)")
 
 
 class Config(BaseModel):
@@ -130,6 +135,11 @@ def load_config_text(text: str, origin: str = "<string>") -> Config:
         raise ConfigError(f"{origin}: sinks: duplicate sink name(s): {', '.join(dupes)}")
     if cfg.stock is None:
         raise ConfigError(f"{origin}: stock: nothing is mapped (add a stock: block)")
+    try:  # every rule must compile, and transpile for every dialect, before anything starts
+        for name in ("sku", "warehouse", "quantity"):
+            Rule(getattr(cfg.stock, name), f"stock.{name}")
+    except RuleError as e:
+        raise ConfigError(f"{origin}: {e}") from None
     return cfg
 
 

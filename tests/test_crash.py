@@ -1,0 +1,119 @@
+"""kill -9 of `erpsync run` at random moments: nothing lost, nothing confirmed early."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdc.sources.postgres import lsn_to_int
+from erpsync.throwaway import wait_for
+from sinks.emulators.webhook import WebhookEmulator
+from tests.erp import Erp, PostgresErp
+
+
+@pytest.fixture(params=["postgres"])
+def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
+    e: Any = PostgresErp(request.getfixturevalue("pg_dsn"))
+    e.create_stock_table()
+    yield e
+    e.close()
+
+
+def start(config: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "erpsync.cli", "--log-format", "json", "run", "--config",
+                             config], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+
+
+def outbox_position(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        row = conn.execute("SELECT position FROM positions").fetchone()
+        conn.close()
+    except sqlite3.OperationalError:
+        return None
+    return lsn_to_int(row[0]) if row else None
+
+
+def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> None:
+    rng = random.Random(11)
+    skus = erp.seed(500, rng)
+    shop = WebhookEmulator()
+    shop.start()
+    config = erp.config(tmp_path, shop.endpoint, commit_interval_ms=20)
+    outbox = tmp_path / "outbox.db"
+    violations: list[tuple[int, int | None]] = []
+    done = threading.Event()
+
+    def watch_slot() -> None:
+        # confirmed_flush_lsn is read first, the outbox after: the outbox only grows, so a confirmed
+        # position beyond it means erpsync confirmed something it did not hold.
+        assert isinstance(erp, PostgresErp)
+        import psycopg2
+
+        conn = psycopg2.connect(erp.dsn)
+        conn.autocommit = True
+        while not done.is_set():
+            with conn.cursor() as cur:
+                cur.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+                            "WHERE slot_name='erpsync'")
+                row = cur.fetchone()
+            confirmed = int(row[0]) if row and row[0] is not None else None
+            held = outbox_position(outbox)
+            if confirmed is not None and held is not None and confirmed > held:
+                violations.append((confirmed, held))
+            time.sleep(0.02)
+        conn.close()
+
+    watcher = threading.Thread(target=watch_slot, daemon=True)
+    proc = start(config, tmp_path / "run.log")
+    kills = 0
+    try:
+        assert wait_for(lambda: outbox_position(outbox) is not None, timeout=60), "no snapshot"
+        watcher.start()
+        changes = 0
+        kill_at = sorted(rng.sample(range(1_000, 19_000), 6))
+        while changes < 20_000:
+            stmts = erp.random_transaction(rng, skus)
+            erp.transaction(stmts)
+            changes += len(stmts)
+            if kill_at and changes >= kill_at[0]:
+                kill_at.pop(0)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                time.sleep(rng.uniform(0, 0.3))
+                proc = start(config, tmp_path / "run.log")
+        expected = erp.expected()
+        ok = wait_for(lambda: shop.stock() == expected, timeout=120)
+        got = shop.stock()
+        diff = {k: (v, got.get(k)) for k, v in expected.items() if got.get(k) != v}
+        assert ok, f"{len(diff)} stock values differ after {kills} kills, e.g. {list(diff.items())[:5]}"
+        assert kills >= 5
+        assert not violations, f"slot confirmed beyond the outbox: {violations[:5]}"
+        # graceful stop: SIGTERM flushes, confirms and exits 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert isinstance(erp, PostgresErp)
+        confirmed = erp.confirmed_flush("erpsync")
+        assert confirmed is not None and confirmed == outbox_position(outbox)
+    finally:
+        done.set()
+        if proc.poll() is None:
+            proc.kill()
+        shop.stop()
+        log = (tmp_path / "run.log").read_text(errors="replace")
+        if os.environ.get("ERPSYNC_TEST_SHOW_LOG"):
+            print(log[-5000:])
