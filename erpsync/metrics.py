@@ -36,5 +36,11 @@ stock_clamped_total = Counter("erpsync_stock_clamped_total", "Negative stock sum
                               registry=REGISTRY)
 data_errors_total = Counter("erpsync_data_errors_total", "ERP rows a rule could not evaluate",
                             registry=REGISTRY)
+# Refreshed from the outbox's sink_status table by the ops server before each scrape (0 = never).
+sink_last_success_timestamp = Gauge("erpsync_sink_last_success_timestamp",
+                                    "Unix time of the last fact a shop acknowledged", ["sink"],
+                                    registry=REGISTRY)
+sink_last_error_timestamp = Gauge("erpsync_sink_last_error_timestamp", "Unix time of the last failed push",
+                                  ["sink"], registry=REGISTRY)
 drift_items = Gauge("erpsync_drift_items", "Drift found by the last reconcile", ["sink", "kind"],
                     registry=REGISTRY)

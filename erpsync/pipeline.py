@@ -22,6 +22,7 @@ from erpsync.config import Config
 from erpsync.delivery import Deliverer
 from erpsync.facts import Fact, FactKey
 from erpsync.logs import fields, register_secret
+from erpsync.ops_server import OpsServer
 from sinks.base import Sink
 
 log = logging.getLogger("erpsync.pipeline")
@@ -74,9 +75,11 @@ class Pipeline:
     """``Pipeline(cfg).run(stop_event)`` until the event is set; then flush, confirm and return."""
 
     def __init__(self, cfg: Config, *, source: Source | None = None, sinks: list[Sink] | None = None,
-                 drain_seconds: float = 5.0) -> None:
+                 drain_seconds: float = 5.0, serve_ops: bool = False) -> None:
         self.cfg = cfg
         self.drain_seconds = drain_seconds
+        self.serve_ops = serve_ops  # the ops HTTP endpoint (cfg.ops.listen); `erpsync run` turns it on
+        self.ops: OpsServer | None = None
         self.outbox = Outbox(cfg.outbox_path(), {s.name: list(s.kinds) for s in cfg.sinks})
         assert cfg.stock is not None
         default_schema = "public" if cfg.source.kind == "postgres" else cfg.source.database
@@ -95,6 +98,9 @@ class Pipeline:
     # ERP side -------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> RunStats:
         try:
+            if self.serve_ops:  # first, so /healthz answers during a long snapshot
+                self.ops = OpsServer(self.cfg.ops, self.cfg.outbox_path(), [s.name for s in self.cfg.sinks])
+                self.ops.start()
             self.source.prepare()
             stored = self.outbox.position(self.source_id)
             if self.source.needs_snapshot(stored):
@@ -118,6 +124,8 @@ class Pipeline:
                 s.close()
             self._refresh_gauges()
             self.outbox.close()
+            if self.ops is not None:
+                self.ops.stop()
         return self.stats
 
     def _snapshot(self, stop: threading.Event) -> str | None:

@@ -1,0 +1,279 @@
+"""``erpsync status``: what the outbox file and the ERP say about a (possibly running) service.
+
+The outbox is opened read-only (SQLite WAL lets us read while ``run`` writes). The ERP is optional: when
+it is unreachable the outbox half is still reported, with a warning.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from erpsync.config import Config
+
+# Above this the slot (or binlog backlog) is worth a look before the ERP's disk is.
+RETAINED_WARN_BYTES = 1 << 30
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+def open_outbox_ro(path: str | Path) -> sqlite3.Connection:
+    """Read-only: status must never take a write lock the running service would wait for."""
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=10.0,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() \
+        is not None
+
+
+def outbox_status(conn: sqlite3.Connection, sinks: list[str] | None = None) -> dict[str, Any]:
+    """Positions, per-sink pending / DLQ / last outcome, data errors — one read transaction."""
+    from cdc.outbox import dlq_counts, pending_counts
+
+    conn.execute("BEGIN")
+    try:
+        names = list(sinks or [])
+        added: dict[str, float] = {}
+        if _has_table(conn, "sinks"):
+            for n, at in conn.execute("SELECT name, added_at FROM sinks"):
+                added[n] = at
+                if sinks is None and n not in names:
+                    names.append(n)
+        pend = pending_counts(conn) if _has_table(conn, "deliveries") else {}
+        dlq = dlq_counts(conn) if _has_table(conn, "dead_letters") else {}
+        st: dict[str, tuple[Any, ...]] = {}
+        if _has_table(conn, "sink_status"):
+            st = {r[0]: r[1:] for r in conn.execute(
+                "SELECT sink, last_ok_at, last_error, last_error_at FROM sink_status")}
+        out_sinks = {}
+        for n in names:
+            last_ok, last_err, last_err_at = st.get(n, (None, None, None))
+            out_sinks[n] = {"pending": int(pend.get(n, 0)), "dlq": int(dlq.get(n, 0)), "last_ok_at": last_ok,
+                            "last_error": last_err, "last_error_at": last_err_at, "added_at": added.get(n)}
+        positions = {}
+        if _has_table(conn, "positions"):
+            for src, pos, done, cts, upd in conn.execute(
+                    "SELECT source, position, snapshot_done, commit_ts, updated_at FROM positions"):
+                positions[src] = {"position": pos, "snapshot_done": bool(done), "commit_ts": cts,
+                                  "updated_at": upd}
+        data_errors = 0
+        if _has_table(conn, "data_errors"):
+            data_errors = int(conn.execute("SELECT count(*) FROM data_errors").fetchone()[0])
+    finally:
+        conn.execute("COMMIT")
+    return {"positions": positions, "sinks": out_sinks, "data_errors": data_errors}
+
+
+def sink_problem(s: dict[str, Any], now: float, down_seconds: float,
+                 since: float | None = None) -> str | None:
+    """Why a sink counts as down, or None. Down = facts are waiting and every push for ``down_seconds``
+    has failed (its last success, if any, is older than its last error)."""
+    if not s.get("pending"):
+        return None
+    err_at, ok_at = s.get("last_error_at"), s.get("last_ok_at")
+    if not err_at or (ok_at and ok_at >= err_at):
+        return None
+    start = ok_at or s.get("added_at") or since or err_at
+    if since is not None:
+        start = max(start, since)  # failures before this process started were judged by the last one
+    failing_for = now - start
+    if failing_for < down_seconds:
+        return None
+    return (f"no successful push for {failing_for:.0f}s with {s['pending']} pending; "
+            f"last error: {s.get('last_error') or '?'}")
+
+
+# -- ERP side ----------------------------------------------------------------------------------------
+def erp_postgres(conn: Any, slot: str) -> dict[str, Any]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT plugin, database, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, "
+            "wal_status, safe_wal_size, (pg_current_wal_lsn() - confirmed_flush_lsn)::float8, "
+            "(pg_current_wal_lsn() - restart_lsn)::float8, pg_current_wal_lsn()::text "
+            "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            return {"slot": slot, "slot_exists": False, "current_lsn": cur.fetchone()[0]}
+    keys = ["plugin", "database", "active", "active_pid", "restart_lsn", "confirmed_flush_lsn", "wal_status",
+            "safe_wal_size", "lag_bytes", "retained_bytes", "current_lsn"]
+    out = {"slot": slot, "slot_exists": True, **dict(zip(keys, row, strict=True))}
+    for k in ("lag_bytes", "retained_bytes", "safe_wal_size"):
+        if out[k] is not None:
+            out[k] = int(out[k])
+    return out
+
+
+def erp_mysql(conn: Any, stored: str | None) -> dict[str, Any]:
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SHOW BINARY LOGS")
+            logs = [(r[0], int(r[1])) for r in cur.fetchall()]
+        except Exception as e:  # needs REPLICATION CLIENT / BINLOG MONITOR
+            return {"error": f"SHOW BINARY LOGS: {e}"}
+    out: dict[str, Any] = {"binlogs": len(logs), "binlog_bytes": sum(s for _, s in logs)}
+    if logs:
+        out["current"] = f"{logs[-1][0]}:{logs[-1][1]}"
+        out["oldest"] = logs[0][0]
+    if stored:
+        from cdc.sources.mysql import BinlogPosition
+
+        pos = BinlogPosition.parse(stored)
+        files = [f for f, _ in logs]
+        out["stored_file_present"] = pos.file in files
+        if pos.file in files:
+            i = files.index(pos.file)
+            out["lag_bytes"] = max(0, logs[i][1] - pos.offset) + sum(s for _, s in logs[i + 1:])
+            # what the server keeps only because we might still need it (from our file on)
+            out["retained_bytes"] = sum(s for _, s in logs[i:])
+    return out
+
+
+def gather(cfg: Config, *, erp: bool = True) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (the --json output)."""
+    from erpsync.pipeline import source_id
+
+    now = time.time()
+    sid = source_id(cfg)
+    sink_names = [s.name for s in cfg.sinks]
+    path = cfg.outbox_path()
+    report: dict[str, Any] = {"time": now, "source": {"kind": cfg.source.kind, "id": sid},
+                              "outbox": str(path), "checks": []}
+    checks: list[dict[str, str]] = report["checks"]
+
+    def check(name: str, status: str, detail: str) -> None:
+        checks.append({"name": name, "status": status, "detail": detail})
+
+    ob: dict[str, Any] = {"positions": {}, "sinks": {n: {"pending": 0, "dlq": 0} for n in sink_names},
+                          "data_errors": 0}
+    if not path.exists():
+        check("outbox", WARN, f"{path} does not exist yet (has `erpsync run` ever run?)")
+    else:
+        conn = open_outbox_ro(path)
+        try:
+            ob = outbox_status(conn, sink_names)
+        finally:
+            conn.close()
+    pos = ob["positions"].get(sid)
+    report["source"].update({"position": pos["position"] if pos else None,
+                             "snapshot_done": bool(pos and pos["snapshot_done"]),
+                             "position_commit_ts": pos["commit_ts"] if pos else None,
+                             "position_updated_at": pos["updated_at"] if pos else None})
+    report["sinks"] = ob["sinks"]
+    report["data_errors"] = ob["data_errors"]
+    report["lag"] = {"bytes": None, "seconds": None}
+
+    for name, s in ob["sinks"].items():
+        problem = sink_problem(s, now, cfg.ops.sink_down_seconds)
+        s["state"] = "down" if problem else ("failing" if s.get("last_error_at") and (
+            not s.get("last_ok_at") or s["last_error_at"] > s["last_ok_at"]) and s["pending"] else "ok")
+        if problem:
+            check(f"sink {name}", FAIL, problem)
+        if s["dlq"]:
+            check(f"sink {name} dlq", WARN, f"{s['dlq']} dead letter(s): erpsync dlq list --sink {name}")
+    if ob["data_errors"]:
+        check("data errors", WARN, f"{ob['data_errors']} ERP row(s) a mapping rule could not evaluate "
+                                   "(see the data_errors table / logs)")
+
+    report["erp"] = {"reachable": False}
+    if erp:
+        _erp_status(cfg, report, pos["position"] if pos else None, check)
+    if pos and report["lag"]["bytes"] is not None:
+        # Approximation: while behind, we are at least as late as the last commit we confirmed.
+        behind = report["lag"]["bytes"] > 0 and pos["commit_ts"]
+        report["lag"]["seconds"] = round(max(0.0, now - pos["commit_ts"]), 3) if behind else 0.0
+    worst = FAIL if any(c["status"] == FAIL for c in checks) else (
+        WARN if any(c["status"] == WARN for c in checks) else OK)
+    report["status"] = worst
+    return report
+
+
+def _erp_status(cfg: Config, report: dict[str, Any], stored: str | None, check: Any) -> None:
+    from erpsync.erpdb import ConnectError, connect
+
+    try:
+        conn = connect(cfg)
+    except ConnectError as e:
+        report["erp"] = {"reachable": False, "error": str(e)}
+        check("erp", WARN, f"ERP not reachable: {e}")
+        return
+    try:
+        if cfg.source.kind == "postgres":
+            info = erp_postgres(conn, cfg.source.slot)
+            report["erp"] = {"reachable": True, **info}
+            if not info["slot_exists"]:
+                if stored:
+                    check("slot", FAIL, f"replication slot {cfg.source.slot!r} is missing although a "
+                                        f"position is stored ({stored}); changes may be lost: "
+                                        "erpsync snapshot --reset")
+                else:
+                    check("slot", OK, "no slot yet (created by the first `erpsync run`)")
+                return
+            report["lag"]["bytes"] = info["lag_bytes"]
+            ws, retained = info["wal_status"], info["retained_bytes"] or 0
+            if ws == "lost":
+                check("slot", FAIL, f"slot {cfg.source.slot!r} lost WAL it needed (wal_status=lost): "
+                                    "re-snapshot with erpsync snapshot --reset")
+            elif ws in ("extended", "unreserved") or retained > RETAINED_WARN_BYTES:
+                check("slot", WARN, f"slot retains {retained / 2**20:.0f} MiB of WAL (wal_status={ws}); "
+                                    "is erpsync running and confirming?")
+            else:
+                check("slot", OK, f"wal_status={ws}, retained {retained / 2**20:.1f} MiB")
+        else:
+            info = erp_mysql(conn, stored)
+            report["erp"] = {"reachable": True, **info}
+            if "error" in info:
+                check("binlog", WARN, info["error"])
+                return
+            report["lag"]["bytes"] = info.get("lag_bytes")
+            if stored and not info.get("stored_file_present", True):
+                check("binlog", FAIL, f"the stored position {stored} is in a binlog the server has purged "
+                                      "(oldest kept: {}); re-snapshot with erpsync snapshot --reset"
+                      .format(info.get("oldest")))
+            elif (info.get("retained_bytes") or 0) > RETAINED_WARN_BYTES:
+                check("binlog", WARN, f"{info['retained_bytes'] / 2**20:.0f} MiB of binlog not yet read")
+            else:
+                check("binlog", OK, f"current {info.get('current')}")
+    except Exception as e:
+        report["erp"] = {"reachable": True, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"}
+        check("erp", WARN, f"ERP status query failed: {report['erp']['error']}")
+    finally:
+        conn.close()
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human view of ``gather()``."""
+    src = report["source"]
+    lines = [f"source    {src['kind']} ({src['id']})  position {src.get('position') or '-'}"
+             + ("" if src.get("snapshot_done") else "  (no completed snapshot)")]
+    lag = report["lag"]
+    if lag["bytes"] is not None:
+        lines.append(f"lag       {lag['bytes']} bytes, ~{lag['seconds']}s")
+    erp = report["erp"]
+    if erp.get("reachable"):
+        if "slot" in erp:
+            if erp.get("slot_exists"):
+                lines.append(f"slot      {erp['slot']}: confirmed {erp['confirmed_flush_lsn']}, "
+                             f"wal_status {erp['wal_status']}, retains {erp['retained_bytes'] or 0} bytes, "
+                             f"{'active' if erp['active'] else 'inactive'}")
+            else:
+                lines.append(f"slot      {erp['slot']}: does not exist")
+        elif "current" in erp:
+            lines.append(f"binlog    current {erp['current']}, oldest kept {erp.get('oldest')}")
+    else:
+        lines.append(f"erp       unreachable: {erp.get('error', 'not checked')}")
+    lines.append(f"outbox    {report['outbox']}  data errors: {report['data_errors']}")
+    for name, s in report["sinks"].items():
+        lines.append(f"sink      {name}: {s.get('state', 'ok')}, pending {s['pending']}, dlq {s['dlq']}"
+                     + (f", last error: {s['last_error']}" if s.get("last_error") else ""))
+    for c in report["checks"]:
+        if c["status"] != OK:
+            lines.append(f"{c['status'].upper():<9} {c['name']}: {c['detail']}")
+    lines.append(f"status    {report['status'].upper()}")
+    return "\n".join(lines)
