@@ -26,16 +26,44 @@ class Fail(click.ClickException):
         self.exit_code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        from erpsync.logs import redact
+
+        # not a log record, so the log filter never sees it: redact here too
+        click.echo(f"error: {redact(self.format_message())}", err=True)
+
+
+def _register_secrets(node: Any) -> None:
+    """Every SecretStr in the config (and a DSN's password on its own) becomes redactable in any output."""
+    from pydantic import BaseModel, SecretStr
+
+    from erpsync.logs import register_secret
+
+    if isinstance(node, SecretStr):
+        value = node.get_secret_value()
+        register_secret(value)
+        from erpsync.setup_sql import pg_dsn_part
+
+        register_secret(pg_dsn_part(value, "password"))
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            _register_secrets(getattr(node, name, None))
+    elif isinstance(node, list | tuple):
+        for v in node:
+            _register_secrets(v)
+    elif isinstance(node, dict):
+        for v in node.values():
+            _register_secrets(v)
 
 
 def _load(config: str) -> Any:
     from erpsync.config import ConfigError, load_config
 
     try:
-        return load_config(config)
+        cfg = load_config(config)
     except ConfigError as e:
         raise Fail(str(e), 2) from None
+    _register_secrets(cfg)
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,11 +104,20 @@ def run(config: str, drain_seconds: float) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from erpsync.ops_server import OpsListenError
+
+    if cfg.reconcile and cfg.reconcile.schedule:  # the drift report runs beside the stream, same stop
+        from reconciler.cli import scheduled_job
+        from reconciler.schedule import start_thread
+
+        start_thread(cfg.reconcile.schedule, scheduled_job(cfg), stop)
     try:
-        pipeline = Pipeline(cfg, drain_seconds=drain_seconds)
+        pipeline = Pipeline(cfg, drain_seconds=drain_seconds, serve_ops=True)
         stats = pipeline.run(stop)
     except SourceError as e:
         raise Fail(str(e)) from None
+    except OpsListenError as e:
+        raise Fail(f"{config}: {e} (set ops.listen to a free host:port)") from None
     log.info("stopped", extra={"fields": {"transactions": stats.transactions, "changes": stats.changes,
                                           "position": stats.position}})
 
@@ -239,6 +276,177 @@ def config_schema() -> None:
 
     click.echo(json.dumps(Config.model_json_schema(), indent=2))
 
+
+
+# -- operations: status, doctor, setup, teardown -------------------------------------------------------
+def _emit_json(obj: Any) -> None:
+    from erpsync.logs import redact
+
+    click.echo(redact(json.dumps(obj, default=str, indent=2)))
+
+
+@main.command()
+@click.option("--config", "-c", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (same data)")
+@click.option("--no-erp", is_flag=True, help="read only the outbox; do not connect to the ERP")
+def status(config: str, as_json: bool, no_erp: bool) -> None:
+    """Position, lag, pending / DLQ / last error per sink, slot or binlog retention. Exit 1 on a failure.
+
+    Safe while `run` is running: the outbox is opened read-only."""
+    from erpsync.status import FAIL, gather, render
+
+    report = gather(_load(config), erp=not no_erp)
+    if as_json:
+        _emit_json(report)
+    else:
+        from erpsync.logs import redact
+
+        click.echo(redact(render(report)))
+    if report["status"] == FAIL:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--config", "-c", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor(config: str, as_json: bool) -> None:
+    """Check every prerequisite on the ERP with the configured credentials (PASS / WARN / FAIL + fixes).
+    Exit 1 on any FAIL."""
+    from erpsync.doctor import FAIL, render, run_doctor
+
+    checks = run_doctor(_load(config))
+    if as_json:
+        _emit_json({"ok": not any(c.status == FAIL for c in checks), "checks": [c.as_dict() for c in checks]})
+    else:
+        from erpsync.logs import redact
+
+        click.echo(redact(render(checks)))
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--config", "-c", required=True, type=click.Path(dir_okay=False))
+@click.option("--print-sql", "print_sql", is_flag=True, help="print the SQL for review (the default)")
+@click.option("--apply", is_flag=True, help="run it, connected as the DSN in --admin-dsn-env")
+@click.option("--admin-dsn-env", default=None, metavar="VAR",
+              help="env var holding an admin DSN (libpq string, or mysql://user:pw@host:port/)")
+@click.option("--role", default=None, help="role/user to create (default: the config's user)")
+@click.option("--password-env", default="ERPSYNC_DB_PASSWORD", show_default=True, metavar="VAR",
+              help="env var holding the new role's password (never printed)")
+@click.option("--host", "host_pattern", default="%", show_default=True, help="MySQL: the user's host part")
+def setup(config: str, print_sql: bool, apply: bool, admin_dsn_env: str | None, role: str | None,
+          password_env: str, host_pattern: str) -> None:
+    """Least-privilege role, grants and publication for erpsync (print for review, or --apply)."""
+    import os
+
+    from erpsync import setup_sql
+
+    cfg = _load(config)
+    admin_dsn = os.environ.get(admin_dsn_env) if admin_dsn_env else None
+    if apply and not admin_dsn:
+        raise Fail("--apply needs --admin-dsn-env VAR naming a set environment variable", 2)
+    if apply and not os.environ.get(password_env):
+        raise Fail(f"--apply needs the new role's password in ${password_env} (see --password-env)", 2)
+    from erpsync.logs import register_secret
+
+    register_secret(admin_dsn)
+    register_secret(os.environ.get(password_env))
+    if cfg.source.kind == "postgres":
+        import psycopg2
+
+        dsn_user = setup_sql.pg_dsn_part(cfg.source.dsn.get_secret_value(), "user")
+        conn = None
+        try:  # inspect the live server so the plan fits it (existing role/publication, keyless tables)
+            conn = psycopg2.connect(admin_dsn or cfg.source.dsn.get_secret_value(), connect_timeout=10)
+            conn.autocommit = True
+            if role is None and dsn_user:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (dsn_user,))
+                    row = cur.fetchone()
+                # never hand a superuser's name to ALTER ROLE: a dedicated role is the point of setup
+                role = "erpsync" if row and row[0] else dsn_user
+            role = role or "erpsync"
+            plan = setup_sql.plan_postgres(cfg, role, password_env, setup_sql.pg_live(conn, cfg, role))
+        except psycopg2.Error as e:
+            if apply:
+                first = str(e).strip().splitlines()[0]
+                raise Fail(f"cannot connect with ${admin_dsn_env}: {first}") from None
+            role = role or (dsn_user if dsn_user not in (None, "postgres") else "erpsync")
+            plan = setup_sql.plan_postgres(cfg, role, password_env)
+            plan.header.append("(server not inspected: REPLICA IDENTITY needs and existing objects unknown)")
+    else:
+        import pymysql
+
+        role = role or (cfg.source.user if cfg.source.user != "root" else "erpsync")
+        plan = setup_sql.plan_mysql(cfg, role, password_env, host_pattern)
+        conn = None
+        if apply:
+            try:
+                conn = pymysql.connect(**setup_sql.mysql_dsn_args(admin_dsn or ""), connect_timeout=10)
+            except (ValueError, pymysql.MySQLError) as e:
+                raise Fail(f"cannot connect with ${admin_dsn_env}: {e}") from None
+    try:
+        if not apply:
+            click.echo(plan.render(), nl=False)
+            return
+        try:
+            for line in setup_sql.apply_plan(plan, conn):
+                click.echo(f"applied: {line}")
+        except Exception as e:
+            raise Fail(f"setup failed: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        if conn is not None:
+            conn.close()
+    click.echo("done; now run: erpsync doctor --config " + config)
+
+
+@main.command()
+@click.option("--config", "-c", required=True, type=click.Path(dir_okay=False))
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def teardown(config: str, yes: bool) -> None:
+    """Drop erpsync's replication slot and publication on the ERP (decommissioning: no slot left behind
+    retaining WAL). The outbox keeps its facts; its stored position (of the dropped slot) is cleared."""
+    cfg = _load(config)
+    if cfg.source.kind != "postgres":
+        click.echo("MySQL/MariaDB: erpsync keeps nothing on the server (no slot); drop the user if unused:")
+        from erpsync.setup_sql import my_account
+
+        click.echo(f"  DROP USER {my_account(cfg.source.user, '%')};")
+        return
+    from cdc.changes import SourceError
+    from erpsync.pipeline import make_source
+
+    s = cfg.source
+    if not yes and not click.confirm(f"Drop replication slot {s.slot!r} and publication {s.publication!r}? "
+                                     "The next `erpsync run` will take a full snapshot"):
+        raise Fail("aborted", 1)
+    src: Any = make_source(cfg, [])
+    try:
+        src.drop_slot()
+        click.echo(f"replication slot {s.slot!r} dropped (or did not exist)")
+        try:
+            src.drop_publication()
+            click.echo(f"publication {s.publication!r} dropped (or did not exist)")
+        except Exception as e:
+            from erpsync.setup_sql import pg_ident
+
+            raise Fail(f"could not drop publication {s.publication!r} ({str(e).strip().splitlines()[0]}); "
+                       f"as its owner run: DROP PUBLICATION {pg_ident(s.publication)};") from None
+    except SourceError as e:
+        raise Fail(str(e)) from None
+    finally:
+        src.close()
+    from cdc.outbox import Outbox
+
+    if cfg.outbox_path().exists():
+        ob = Outbox(cfg.outbox_path())
+        ob.reset()  # the stored position refers to the dropped slot
+        ob.close()
+
+from reconciler.cli import reconcile as _reconcile_cmd  # noqa: E402  (the command lives with its package)
+
+main.add_command(_reconcile_cmd)
 
 if __name__ == "__main__":
     main()

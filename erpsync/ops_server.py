@@ -24,6 +24,10 @@ from erpsync.status import open_outbox_ro, outbox_status, sink_problem
 log = logging.getLogger("erpsync.ops")
 
 
+class OpsListenError(OSError):
+    """The ops endpoint could not bind (port in use, address not local)."""
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``; a bare port means loopback."""
     host, sep, port = listen.rpartition(":")
@@ -60,7 +64,11 @@ class OpsServer:
             import socket
 
             server_cls.address_family = socket.AF_INET6
-        self._server = server_cls((self.host, self.port), _handler(self))
+        try:
+            self._server = server_cls((self.host, self.port), _handler(self))
+        except OSError as e:
+            msg = f"ops.listen: cannot listen on {self.ops.listen}: {e.strerror or e}"
+            raise OpsListenError(msg) from None
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
         self._thread.start()

@@ -1,0 +1,251 @@
+"""`erpsync doctor` / `setup` against deliberately misconfigured real servers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from erpsync.cli import main
+from erpsync.throwaway.postgres import ThrowawayPostgres
+
+STOCK = {"table": "stock_levels", "sku": "sku", "warehouse": "warehouse_code", "quantity": "on_hand - reserved",
+         "locations": {"WH-MAD": "madrid"}}
+
+
+def write_config(tmp_path: Path, source: dict[str, Any], **extra: Any) -> str:
+    cfg = {"source": source, "stock": {**STOCK, **extra.pop("stock", {})},
+           "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/"}],
+           "outbox": {"path": str(tmp_path / "outbox.db")}, **extra}
+    p = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
+
+
+def doctor(config: str) -> tuple[int, dict[str, dict[str, Any]], str]:
+    r = CliRunner().invoke(main, ["doctor", "--config", config, "--json"])
+    data = json.loads(r.stdout)
+    text = CliRunner().invoke(main, ["doctor", "--config", config]).stdout
+    return r.exit_code, {c["name"]: c for c in data["checks"]}, text
+
+
+def pg_exec(dsn: str, *stmts: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for s in stmts:
+            cur.execute(s)
+    conn.close()
+
+
+PG_TABLE = ("CREATE TABLE stock_levels (id serial PRIMARY KEY, sku text, warehouse_code text, "
+            "on_hand int, reserved int)")
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------------
+def test_pg_correct_setup_passes(pg_dsn: str, tmp_path: Path) -> None:
+    pg_exec(pg_dsn, PG_TABLE)
+    code, checks, text = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": pg_dsn}))
+    assert code == 0, text
+    assert all(c["status"] in ("PASS", "WARN") for c in checks.values()), text
+    for name in ("wal_level", "replication privilege", "select on mapped tables", "publication",
+                 "replica identity", "replication slot", "max_replication_slots", "max_wal_senders"):
+        assert checks[name]["status"] == "PASS", text
+    # the throwaway server leaves max_slot_wal_keep_size unlimited: a warning with a fix
+    assert checks["max_slot_wal_keep_size"]["status"] == "WARN"
+    assert "max_slot_wal_keep_size" in checks["max_slot_wal_keep_size"]["fix"]
+
+
+def test_pg_wal_level_replica_fails_with_fix(tmp_path: Path) -> None:
+    with ThrowawayPostgres(wal_level="replica") as pg:
+        pg_exec(pg.dsn(), PG_TABLE)
+        code, checks, text = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": pg.dsn()}))
+    assert code == 1
+    assert checks["wal_level"]["status"] == "FAIL"
+    assert "wal_level=replica" in checks["wal_level"]["detail"]
+    assert "ALTER SYSTEM SET wal_level = logical;" in checks["wal_level"]["fix"]
+    assert "FAIL  wal_level: wal_level=replica" in text and "fix: ALTER SYSTEM SET wal_level = logical;" in text
+
+
+def test_pg_role_without_replication_fails_with_fix(pg_dsn: str, tmp_path: Path) -> None:
+    pg_exec(pg_dsn, PG_TABLE, "CREATE ROLE plain_reader LOGIN", "GRANT SELECT ON stock_levels TO plain_reader")
+    dsn = pg_dsn.replace("user=postgres", "user=plain_reader")
+    code, checks, text = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": dsn}))
+    assert code == 1
+    assert checks["replication privilege"]["status"] == "FAIL"
+    assert checks["replication privilege"]["fix"] == 'ALTER ROLE "plain_reader" WITH REPLICATION;'
+    # it cannot create the publication either (does not own the table)
+    assert checks["publication"]["status"] == "FAIL"
+    assert 'CREATE PUBLICATION "erpsync" FOR TABLE "public"."stock_levels";' in checks["publication"]["fix"]
+    assert checks["select on mapped tables"]["status"] == "PASS"
+
+
+def test_pg_keyless_table_needs_replica_identity_full(pg_dsn: str, tmp_path: Path) -> None:
+    pg_exec(pg_dsn, "CREATE TABLE stock_levels (sku text, warehouse_code text, on_hand int, reserved int)")
+    cfg = write_config(tmp_path, {"kind": "postgres", "dsn": pg_dsn})
+    code, checks, _ = doctor(cfg)
+    assert code == 1 and checks["replica identity"]["status"] == "FAIL"
+    fix = checks["replica identity"]["fix"]
+    assert fix.startswith('ALTER TABLE "public"."stock_levels" REPLICA IDENTITY FULL;')
+    pg_exec(pg_dsn, fix.split(";")[0])
+    code, checks, text = doctor(cfg)
+    assert code == 0 and checks["replica identity"]["status"] == "PASS", text
+
+
+def test_pg_setup_apply_gives_a_least_privilege_role_doctor_accepts(pg_dsn: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pg_exec(pg_dsn, PG_TABLE, "CREATE TABLE other_secret_table (x int)")
+    password = "pw-never-printed-7f3a"
+    monkeypatch.setenv("ERPSYNC_DB_PASSWORD", password)
+    monkeypatch.setenv("ADMIN_DSN", pg_dsn)
+    app_dsn = pg_dsn.replace("user=postgres", "user=erpsync_app")
+    cfg = write_config(tmp_path, {"kind": "postgres", "dsn": app_dsn, "create_publication": False})
+    printed = CliRunner().invoke(main, ["setup", "--config", cfg, "--print-sql"])
+    assert printed.exit_code == 0, printed.output
+    sql = printed.stdout
+    assert password not in sql
+    assert 'CREATE ROLE "erpsync_app" WITH LOGIN REPLICATION PASSWORD :\'erpsync_password\';' in sql
+    assert 'GRANT SELECT ON TABLE "public"."stock_levels" TO "erpsync_app";' in sql
+    assert 'CREATE PUBLICATION "erpsync" FOR TABLE "public"."stock_levels";' in sql
+    assert "other_secret_table" not in sql and "ALL TABLES" not in sql
+
+    applied = CliRunner().invoke(main, ["setup", "--config", cfg, "--apply", "--admin-dsn-env", "ADMIN_DSN"])
+    assert applied.exit_code == 0, applied.output
+    assert password not in applied.output
+    conn = psycopg2.connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolreplication, rolsuper, rolpassword IS NOT NULL FROM pg_authid "
+                    "WHERE rolname = 'erpsync_app'")
+        assert cur.fetchone() == (True, False, True)
+        cur.execute("SELECT has_table_privilege('erpsync_app', 'other_secret_table', 'SELECT')")
+        assert cur.fetchone() == (False,)
+    conn.close()
+    code, checks, text = doctor(cfg)
+    assert code == 0, text
+    assert checks["publication"]["status"] == "PASS" and checks["replication privilege"]["status"] == "PASS"
+    # re-running is harmless (ALTER ROLE, no second publication)
+    again = CliRunner().invoke(main, ["setup", "--config", cfg, "--apply", "--admin-dsn-env", "ADMIN_DSN"])
+    assert again.exit_code == 0, again.output
+
+
+def test_setup_sql_quotes_identifiers() -> None:
+    from erpsync.setup_sql import my_ident, my_literal, pg_ident, pg_table
+
+    assert pg_ident('we"ird') == '"we""ird"'
+    assert pg_table('s"x.t; DROP TABLE y') == '"s""x"."t; DROP TABLE y"'
+    assert my_ident("a`b") == "`a``b`"
+    assert my_literal("o'k\\") == "'o''k\\\\'"
+
+
+# -- MariaDB -----------------------------------------------------------------------------------------
+def _mariadb(**kw: Any) -> Iterator[Any]:
+    try:
+        from erpsync.throwaway.mariadb import ThrowawayMariaDB
+    except ImportError:
+        pytest.skip("ThrowawayMariaDB not available")
+    try:
+        db = ThrowawayMariaDB(**kw).start()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    try:
+        db.create_database("erp")
+        conn = db.connect("erp")
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE stock_levels (id int PRIMARY KEY, sku varchar(40), "
+                        "warehouse_code varchar(10), on_hand int, reserved int)")
+        conn.close()
+        yield db
+    finally:
+        db.stop()
+
+
+@pytest.fixture(scope="module")
+def maria_ok() -> Iterator[Any]:
+    yield from _mariadb(binlog_row_metadata="FULL")
+
+
+def my_source(db: Any, user: str = "root", server_id: int = 4242) -> dict[str, Any]:
+    return {"kind": "mysql", "host": "127.0.0.1", "port": db.port, "user": user, "password": "",
+            "database": "erp", "server_id": server_id}
+
+
+def test_mariadb_correct_setup_passes(maria_ok: Any, tmp_path: Path) -> None:
+    code, checks, text = doctor(write_config(tmp_path, my_source(maria_ok)))
+    assert code == 0, text
+    for name in ("log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "grants",
+                 "mapped tables", "server_id", "gtid", "binlog retention"):
+        assert checks[name]["status"] == "PASS", text
+
+
+def test_mariadb_statement_format_fails(tmp_path: Path) -> None:
+    for db in _mariadb(binlog_format="STATEMENT"):
+        code, checks, text = doctor(write_config(tmp_path, my_source(db)))
+    assert code == 1
+    assert checks["binlog_format"]["status"] == "FAIL", text
+    assert "SET GLOBAL binlog_format = 'ROW';" in checks["binlog_format"]["fix"]
+    assert "binlog_format=ROW" in checks["binlog_format"]["fix"]
+
+
+def test_mariadb_minimal_row_image_fails(tmp_path: Path) -> None:
+    for db in _mariadb(binlog_row_image="MINIMAL"):
+        code, checks, text = doctor(write_config(tmp_path, my_source(db)))
+    assert code == 1
+    assert checks["binlog_row_image"]["status"] == "FAIL", text
+    assert "SET GLOBAL binlog_row_image = 'FULL';" in checks["binlog_row_image"]["fix"]
+    # metadata left at the server default: a warning, not a failure
+    assert checks["binlog_row_metadata"]["status"] == "WARN"
+
+
+def test_mariadb_grants_retention_and_server_id(maria_ok: Any, tmp_path: Path) -> None:
+    conn = maria_ok.connect()
+    with conn.cursor() as cur:
+        cur.execute("CREATE USER IF NOT EXISTS 'weak'@'%'")
+        cur.execute("SET GLOBAL binlog_expire_logs_seconds = 3600")
+    try:
+        cfg = write_config(tmp_path, my_source(maria_ok, user="weak", server_id=1))
+        code, checks, text = doctor(cfg)
+        assert code == 1
+        fix = checks["grants"]["fix"]
+        assert "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'weak'@'%';" in fix, text
+        assert "GRANT SELECT ON `erp`.`stock_levels` TO 'weak'@'%';" in fix
+        assert checks["server_id"]["status"] == "FAIL"  # 1 is the server's own id
+        assert checks["binlog retention"]["status"] == "FAIL"
+        assert "binlog_expire_logs_seconds" in checks["binlog retention"]["fix"]
+        # the printed setup for MySQL grants exactly that, with no password
+        sql = CliRunner().invoke(main, ["setup", "--config", cfg, "--print-sql"]).stdout
+        assert "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'weak'@'%';" in sql
+        assert "GRANT SELECT ON `erp`.`stock_levels` TO 'weak'@'%';" in sql
+        with conn.cursor() as cur:
+            for stmt in sql.splitlines():
+                if stmt.startswith("GRANT"):
+                    cur.execute(stmt.split(";")[0])
+            cur.execute("SET GLOBAL binlog_expire_logs_seconds = 0")
+        code, checks, text = doctor(write_config(tmp_path, my_source(maria_ok, user="weak")))
+        assert checks["grants"]["status"] == "PASS", text
+        assert code == 0, text
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("SET GLOBAL binlog_expire_logs_seconds = 0")
+            cur.execute("DROP USER IF EXISTS 'weak'@'%'")
+        conn.close()
+
+
+def test_parse_grants_variants() -> None:
+    from erpsync.doctor import parse_grants
+
+    g = parse_grants([
+        "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO `erpsync`@`%` IDENTIFIED BY PASSWORD '*ABC'",
+        "GRANT SELECT ON `erp`.`stock_levels` TO `erpsync`@`%`",
+        "GRANT SELECT (sku, qty) ON `erp`.`prices` TO `erpsync`@`%`",
+        "GRANT ALL PRIVILEGES ON `shop`.* TO `erpsync`@`%`",
+    ])
+    assert g["*.*"] == {"REPLICATION SLAVE", "BINLOG MONITOR"}
+    assert g["erp.stock_levels"] == {"SELECT"}
+    assert g["erp.prices"] == {"SELECT (COLUMNS)"}
+    assert g["shop.*"] == {"ALL PRIVILEGES"}
