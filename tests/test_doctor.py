@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from erpsync.cli import main
 from erpsync.throwaway.postgres import ThrowawayPostgres
 
-STOCK = {"table": "stock_levels", "sku": "sku", "warehouse": "warehouse_code", "quantity": "on_hand - reserved",
-         "locations": {"WH-MAD": "madrid"}}
+STOCK = {"table": "stock_levels", "sku": "sku", "warehouse": "warehouse_code",
+         "quantity": "on_hand - reserved", "locations": {"WH-MAD": "madrid"}}
 
 
 def write_config(tmp_path: Path, source: dict[str, Any], **extra: Any) -> str:
@@ -70,13 +70,15 @@ def test_pg_wal_level_replica_fails_with_fix(tmp_path: Path) -> None:
     assert checks["wal_level"]["status"] == "FAIL"
     assert "wal_level=replica" in checks["wal_level"]["detail"]
     assert "ALTER SYSTEM SET wal_level = logical;" in checks["wal_level"]["fix"]
-    assert "FAIL  wal_level: wal_level=replica" in text and "fix: ALTER SYSTEM SET wal_level = logical;" in text
+    assert "FAIL  wal_level: wal_level=replica" in text
+    assert "fix: ALTER SYSTEM SET wal_level = logical;" in text
 
 
 def test_pg_role_without_replication_fails_with_fix(pg_dsn: str, tmp_path: Path) -> None:
-    pg_exec(pg_dsn, PG_TABLE, "CREATE ROLE plain_reader LOGIN", "GRANT SELECT ON stock_levels TO plain_reader")
+    pg_exec(pg_dsn, PG_TABLE, "CREATE ROLE plain_reader LOGIN",
+            "GRANT SELECT ON stock_levels TO plain_reader")
     dsn = pg_dsn.replace("user=postgres", "user=plain_reader")
-    code, checks, text = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": dsn}))
+    code, checks, _ = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": dsn}))
     assert code == 1
     assert checks["replication privilege"]["status"] == "FAIL"
     assert checks["replication privilege"]["fix"] == 'ALTER ROLE "plain_reader" WITH REPLICATION;'
