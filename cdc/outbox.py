@@ -128,6 +128,10 @@ class Outbox:
         Returns how many changed."""
         self.begin()
         cur = self.conn.cursor()
+        # Another process may have written facts since we started (the reconciler's heal): continue above
+        # its versions, or a later value of the same key could get a version its delivery already reached.
+        top = cur.execute("SELECT max(version) FROM facts").fetchone()[0]
+        self._version = max(self._version, int(top or 0))
         changed = 0
         now = time.time()
         fact_rows = []

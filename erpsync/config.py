@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cdc.mapping import StockMapping
 from cdc.rules import Rule, RuleError
 from cdc.sources.config import MySQLSourceConfig, PostgresSourceConfig
+from reconciler.config import ReconcileConfig
 from sinks.config import SinkConfig
 
 
@@ -48,6 +49,7 @@ class Config(BaseModel):
     sinks: list[SinkConfig] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
+    reconcile: ReconcileConfig | None = None
 
     # where it was loaded from, for relative paths and messages
     origin: str = Field("<config>", exclude=True)

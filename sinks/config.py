@@ -30,6 +30,10 @@ class WebhookSinkConfig(SinkConfigBase):
     kind: Literal["webhook"] = "webhook"
     secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for the X-Erpsync-Signature header")
     batch_size: int = Field(500, gt=0, le=10_000)
+    list_url: str | None = Field(
+        None, description="GET returning {stock: {sku: {location: qty}}, prices: {sku: {list: {amount, "
+        "currency, compare_at}}}} so the reconciler can list the receiver's state"
+    )
 
 
 # Add each new kind to this union; pydantic picks the model by ``kind``.

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from decimal import Decimal
 
 import httpx
 
-from erpsync.facts import Fact
+from erpsync.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
     PushResult,
@@ -79,6 +81,25 @@ class WebhookSink(Sink):
             outcome = {"ok": Outcome.OK, "retry": Outcome.RETRY}.get(str(status), Outcome.PERMANENT)
             out.append(PushResult(f.key, outcome, msg))
         return out
+
+    def snapshot(self) -> Iterator[Fact]:
+        """The receiver's state from ``list_url`` (the webhook emulator serves it at /_emulator/state)."""
+        if not self.cfg.list_url:
+            raise NotImplementedError("webhook sink cannot list the receiver: set list_url")
+        resp = self.client.get(self.cfg.list_url)
+        if resp.status_code != 200:
+            raise RuntimeError(f"list_url: {describe_http_error(resp)}")
+        data = resp.json()
+        for sku, levels in (data.get("stock") or {}).items():
+            for location, qty in levels.items():
+                yield stock_fact(sku, location, int(qty))
+        for sku, lists in (data.get("prices") or {}).items():
+            for plist, p in lists.items():
+                if p.get("amount") is None:
+                    continue
+                cmp = p.get("compare_at")
+                yield price_fact(sku, plist, Decimal(str(p["amount"])), p.get("currency") or "",
+                                 Decimal(str(cmp)) if cmp is not None else None)
 
     def close(self) -> None:
         self.client.close()

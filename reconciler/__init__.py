@@ -1,0 +1,2 @@
+"""Reconciler: compare the ERP (through the same mapping, as SQL) with what each shop shows, report drift,
+optionally heal it through the outbox."""

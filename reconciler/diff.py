@@ -1,0 +1,159 @@
+"""Classify every difference between the ERP facts and a shop's facts (DuckDB FULL OUTER JOIN), leaving out
+keys whose change is still in flight.
+
+In flight (never reported as drift):
+* pending in the outbox for that sink (want > done) just before or just after the shop listing — a key
+  delivered *while* the shop was being listed was pending before it;
+* written to the outbox after the reconcile started (version > the outbox's max version read before the
+  ERP snapshot): this covers every fact whose ERP position is newer than the snapshot's position, and
+  changes the pipeline read late.
+Changes committed in the ERP before the snapshot but not yet read by the pipeline are handled by waiting
+for the outbox's position to reach the snapshot's (see run.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+DRIFT_KINDS = ("stock_mismatch", "price_mismatch", "missing_in_shop", "not_in_erp", "not_mapped")
+HEALABLE = ("stock_mismatch", "price_mismatch", "missing_in_shop")
+
+DRIFT_TABLE = """
+CREATE TABLE IF NOT EXISTS drift (
+    sink VARCHAR, drift VARCHAR, fact_kind VARCHAR, sku VARCHAR, scope VARCHAR,
+    erp_value DECIMAL(38,4), shop_value DECIMAL(38,4), erp_currency VARCHAR, shop_currency VARCHAR,
+    severity DOUBLE, note VARCHAR)"""
+
+
+@dataclass
+class SinkDiff:
+    sink: str
+    erp_keys: int = 0
+    shop_keys: int = 0
+    in_flight: int = 0  # differences left out because the key was in flight
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    healed: int = 0
+    heal_refused: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+# outbox side --------------------------------------------------------------------------------------------
+def max_version(ob: sqlite3.Connection) -> int:
+    return int(ob.execute("SELECT coalesce(max(version), 0) FROM facts").fetchone()[0])
+
+
+def pending_keys(ob: sqlite3.Connection, sink: str) -> list[tuple[str, str, str]]:
+    return ob.execute("SELECT kind, sku, scope FROM deliveries WHERE sink=? AND want > done",
+                      (sink,)).fetchall()
+
+
+def newer_keys(ob: sqlite3.Connection, version: int) -> list[tuple[str, str, str]]:
+    return ob.execute("SELECT kind, sku, scope FROM facts WHERE version > ?", (version,)).fetchall()
+
+
+def load_in_flight(con: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str, str]]) -> int:
+    uniq = set(keys)
+    cols = list(zip(*uniq, strict=True)) if uniq else [(), (), ()]
+    table = pa.table({n: pa.array(list(c), pa.string()) for n, c in zip(("kind", "sku", "scope"), cols,
+                                                                          strict=True)})
+    con.register("_inflight", table)
+    con.execute("CREATE OR REPLACE TABLE in_flight AS SELECT DISTINCT * FROM _inflight")
+    con.unregister("_inflight")
+    return len(uniq)
+
+
+# classification ------------------------------------------------------------------------------------------
+def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
+             locations: list[str] | None = None, price_lists: list[str] | None = None) -> SinkDiff:
+    """Compare ``erp_facts`` (restricted to what this sink carries) with ``shop_facts``; append the drift
+    to ``drift`` and return the counts."""
+    con.execute(DRIFT_TABLE)
+    where = [f"kind IN ({', '.join(_lit(k) for k in kinds)})"]
+    if locations:
+        where.append(f"(kind <> 'stock' OR scope IN ({', '.join(_lit(x) for x in locations)}))")
+    if price_lists:
+        where.append(f"(kind <> 'price' OR scope IN ({', '.join(_lit(x) for x in price_lists)}))")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT * FROM erp_facts WHERE {' AND '.join(where)}")
+    swhere = where[0]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE s AS SELECT * FROM shop_facts WHERE {swhere}")
+    con.execute("CREATE OR REPLACE TEMP TABLE e_skus AS SELECT DISTINCT kind, sku FROM e")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE d AS
+        WITH j AS (
+            SELECT coalesce(e.kind, s.kind) AS fact_kind, coalesce(e.sku, s.sku) AS sku,
+                   coalesce(e.scope, s.scope) AS scope, e.value AS erp_value, s.value AS shop_value,
+                   s.value_min AS shop_min, e.currency AS erp_currency, s.currency AS shop_currency,
+                   e.sku IS NOT NULL AS in_erp, s.sku IS NOT NULL AS in_shop
+            FROM e FULL OUTER JOIN s ON e.kind = s.kind AND e.sku = s.sku AND e.scope = s.scope
+            WHERE e.sku IS NULL OR s.sku IS NULL OR e.value IS DISTINCT FROM s.value
+               OR s.value_min IS DISTINCT FROM s.value
+               OR (e.kind = 'price' AND e.currency IS NOT NULL AND s.currency IS NOT NULL
+                   AND e.currency <> s.currency)
+        ), k AS (
+            SELECT j.*, es.sku IS NOT NULL AS sku_mapped, k2.sku IS NOT NULL AS sku_in_erp,
+                   coalesce(k2.mapped, false) AS erp_mapped, k2.warehouses
+            FROM j LEFT JOIN e_skus es ON es.kind = j.fact_kind AND es.sku = j.sku
+                   LEFT JOIN erp_skus k2 ON k2.sku = j.sku
+        ), c AS (
+            SELECT *, CASE
+                WHEN in_erp AND in_shop THEN fact_kind || '_mismatch'
+                WHEN in_erp THEN 'missing_in_shop'
+                -- the ERP feeds this SKU elsewhere but has no row here: the stream would say 0
+                WHEN sku_mapped AND fact_kind = 'stock' THEN
+                    CASE WHEN shop_value = 0 THEN NULL ELSE 'stock_mismatch' END
+                WHEN sku_in_erp AND NOT erp_mapped THEN 'not_mapped'
+                ELSE 'not_in_erp' END AS drift
+            FROM k
+        )
+        SELECT drift, fact_kind, sku, scope,
+               CASE WHEN drift = 'stock_mismatch' THEN coalesce(erp_value, 0) ELSE erp_value END AS erp_value,
+               shop_value, erp_currency, shop_currency,
+               CASE WHEN fact_kind = 'stock' THEN
+                        abs(coalesce(shop_value, 0) - coalesce(erp_value, 0))
+                        -- the shop showing more than the ERP has means overselling: worse
+                        * CASE WHEN coalesce(shop_value, 0) > coalesce(erp_value, 0) THEN 2 ELSE 1 END
+                    WHEN erp_value IS NULL OR shop_value IS NULL THEN 100
+                    ELSE 100 * abs(shop_value - erp_value) / greatest(abs(erp_value), 0.01) END::DOUBLE
+                   AS severity,
+               CASE WHEN drift = 'not_mapped' THEN 'ERP warehouses ' || warehouses || ' map to no location'
+                    WHEN shop_min IS DISTINCT FROM shop_value THEN 'listed more than once in the shop'
+                    WHEN drift = 'price_mismatch' AND erp_value = shop_value THEN 'currency differs'
+                    END AS note
+        FROM c WHERE drift IS NOT NULL""")
+    res = SinkDiff(sink)
+    res.erp_keys = con.execute("SELECT count(*) FROM e").fetchone()[0]  # type: ignore[index]
+    res.shop_keys = con.execute("SELECT count(*) FROM s").fetchone()[0]  # type: ignore[index]
+    res.in_flight = con.execute("SELECT count(*) FROM d SEMI JOIN in_flight f ON f.kind = d.fact_kind "
+                                "AND f.sku = d.sku AND f.scope = d.scope").fetchone()[0]  # type: ignore[index]
+    con.execute("""
+        INSERT INTO drift
+        SELECT $sink, drift, fact_kind, sku, scope, erp_value, shop_value, erp_currency, shop_currency,
+               severity, note
+        FROM d ANTI JOIN in_flight f ON f.kind = d.fact_kind AND f.sku = d.sku AND f.scope = d.scope""",
+                {"sink": sink})
+    res.counts = dict.fromkeys(DRIFT_KINDS, 0)
+    for kind, n in con.execute("SELECT drift, count(*) FROM drift WHERE sink = $sink GROUP BY drift",
+                               {"sink": sink}).fetchall():
+        res.counts[kind] = n
+    return res
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def items(con: duckdb.DuckDBPyConnection, sink: str | None = None) -> list[dict[str, Any]]:
+    q = "SELECT * FROM drift" + (" WHERE sink = $sink" if sink else "") + " ORDER BY severity DESC, sku"
+    cur = con.execute(q, {"sink": sink} if sink else {})
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

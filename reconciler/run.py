@@ -1,0 +1,216 @@
+"""One reconcile run: ERP snapshot → per sink: shop snapshot, in-flight keys, diff, optional heal → history,
+reports, e-mail. ``ReconcileResult.exit_code``: 0 no drift, 3 drift found, 1 error."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from reconciler import diff as d
+from reconciler import history
+from reconciler.config import ReconcileConfig, resolve
+from reconciler.erp_snapshot import snapshot_erp
+from reconciler.heal import HealRefused, heal
+from reconciler.report import LABELS, write_reports
+from reconciler.shop_snapshot import CannotList, snapshot_shop
+
+log = logging.getLogger("erpsync.reconcile")
+
+EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 3
+
+
+@dataclass
+class ReconcileResult:
+    run_id: int
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    html_path: Path | None = None
+    csv_path: Path | None = None
+    emailed: bool = False
+    seconds: float = 0.0
+
+    @property
+    def drift_total(self) -> int:
+        return sum(int(s.get("drift_total") or 0) for s in self.summaries)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{s['sink']}: {s['error']}" for s in self.summaries
+                if s.get("error") and not s.get("skipped")]
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return EXIT_ERROR
+        return EXIT_DRIFT if self.drift_total else EXIT_OK
+
+
+def compare_positions(kind: str, a: str, b: str) -> int:
+    if kind == "postgres":
+        from cdc.sources.pgoutput import lsn_to_int
+
+        x, y = lsn_to_int(a), lsn_to_int(b)
+    else:
+        from cdc.sources.mysql import compare_positions as cmp  # type: ignore[attr-defined]
+
+        return int(cmp(a, b))
+    return (x > y) - (x < y)
+
+
+def wait_catch_up(ob: sqlite3.Connection, source: str, kind: str, target: str, timeout: float) -> bool | None:
+    """Wait until the pipeline's stored position reaches ``target``: then every ERP change the snapshot
+    saw is in the outbox (and in flight or delivered). None when no pipeline position exists at all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = ob.execute("SELECT position FROM positions WHERE source=?", (source,)).fetchone()
+        if row is None:
+            return None
+        try:
+            if compare_positions(kind, row[0], target) >= 0:
+                return True
+        except Exception:  # a position format we cannot order: do not pretend
+            return None
+        if time.monotonic() >= deadline:
+            log.warning("pipeline at %s has not reached the ERP snapshot position %s", row[0], target)
+            return False
+        time.sleep(0.1)
+
+
+def reconcile(cfg: Any, *, sinks: list[str] | None = None, heal_drift: bool | None = None,
+              force: bool = False, progress: bool | None = False, send_email: bool = True,
+              make_sink: Callable[[Any], Any] | None = None) -> ReconcileResult:
+    from erpsync import erpdb, metrics
+    from erpsync.pipeline import make_sink as default_make_sink
+    from erpsync.pipeline import source_id
+
+    rc: ReconcileConfig = getattr(cfg, "reconcile", None) or ReconcileConfig()
+    heal_drift = rc.heal if heal_drift is None else heal_drift
+    make_sink = make_sink or default_make_sink
+    selected = [s for s in cfg.sinks if not sinks or s.name in sinks]
+    missing = set(sinks or []) - {s.name for s in cfg.sinks}
+    if missing:
+        raise ValueError(f"no sink named {', '.join(sorted(missing))}")
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+
+    outbox_path = cfg.outbox_path()
+    ob = None
+    if Path(outbox_path).exists():
+        from cdc.outbox import SCHEMA, connect
+
+        ob = connect(outbox_path, durable=False)
+        ob.executescript(SCHEMA)
+    v0 = d.max_version(ob) if ob else 0  # before the ERP snapshot: anything newer is in flight
+
+    con = duckdb.connect()
+    dialect = erpdb.dialect(cfg)
+    erp_conn = erpdb.connect(cfg)
+    try:
+        default_schema = "public" if dialect == "postgres" else cfg.source.database
+        snap = snapshot_erp(erp_conn, dialect, con, stock=cfg.stock, prices=getattr(cfg, "prices", None),
+                            default_schema=default_schema, chunk_rows=rc.chunk_rows, progress=progress)
+    finally:
+        erp_conn.close()
+    caught_up = None
+    if ob is not None and snap.position:
+        caught_up = wait_catch_up(ob, source_id(cfg), cfg.source.kind, snap.position, rc.catch_up_seconds)
+
+    sink_kinds = {s.name: list(s.kinds) for s in cfg.sinks}
+    summaries: list[dict[str, Any]] = []
+    for scfg in selected:
+        summary: dict[str, Any] = {"sink": scfg.name, "started_at": started_at, "erp_position": snap.position,
+                                   "erp_rows": snap.rows, "caught_up": caught_up, "healed": 0}
+        summaries.append(summary)
+        try:
+            sink = make_sink(scfg)
+        except Exception as e:
+            summary["error"] = f"cannot create the sink: {e}"
+            continue
+        try:
+            before = d.pending_keys(ob, scfg.name) if ob else []
+            try:
+                snapshot_shop(sink, con, chunk_rows=rc.chunk_rows, progress=progress)
+            except CannotList as e:
+                summary["error"] = f"skipped: {e}"
+                summary["skipped"] = not sinks  # only an error when asked for by name
+                continue
+            after = d.pending_keys(ob, scfg.name) + d.newer_keys(ob, v0) if ob else []
+            d.load_in_flight(con, before + after)
+            res = d.classify(con, scfg.name, kinds=list(scfg.kinds), locations=list(scfg.locations) or None,
+                             price_lists=list(scfg.price_lists) or None)
+        except Exception as e:
+            log.exception("reconcile of sink %s failed", scfg.name)
+            summary["error"] = f"{type(e).__name__}: {e}"
+            continue
+        finally:
+            sink.close()
+        summary.update(erp_keys=res.erp_keys, shop_keys=res.shop_keys, in_flight=res.in_flight,
+                       drift_total=res.total, **res.counts)
+        for kind, n in res.counts.items():
+            metrics.drift_items.labels(scfg.name, kind).set(n)
+        if heal_drift and res.total:
+            try:
+                summary["healed"] = heal(con, outbox_path, scfg.name, sink_kinds, catalogue=res.erp_keys,
+                                         max_percent=rc.heal_max_percent, force=force,
+                                         position=snap.position or "")
+            except HealRefused as e:
+                summary["heal_refused"] = str(e)
+                log.error("%s", e)
+        log.info("reconciled %s: %s drift, %s in flight%s", scfg.name, res.total, res.in_flight,
+                 f", {summary['healed']} healed" if summary["healed"] else "")
+    if ob is not None:
+        ob.close()
+
+    con.execute(d.DRIFT_TABLE)
+    finished = datetime.now(UTC)
+    for s in summaries:
+        s["finished_at"] = finished
+    history.attach(con, resolve(cfg.origin, rc.history))
+    run_id = history.next_run_id(con)
+    history.record(con, run_id, summaries)
+    trend = history.trend(con, rc.trend_runs)
+    result = ReconcileResult(run_id, summaries)
+    result.html_path, result.csv_path = write_reports(
+        con, resolve(cfg.origin, rc.report_dir), summaries=summaries, trend=trend, run_id=run_id,
+        max_items=rc.report_items)
+    con.close()
+    if send_email and rc.email and (result.drift_total or not rc.email.only_on_drift):
+        from reconciler.mail import build_message, send
+
+        msg = build_message(rc.email, subject(result), text_summary(result), result.html_path,
+                            result.csv_path)
+        send(rc.email, msg)
+        result.emailed = True
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def subject(result: ReconcileResult) -> str:
+    if result.errors:
+        return (f"[erpsync] reconcile #{result.run_id}: {len(result.errors)} error(s), "
+                f"{result.drift_total} drift")
+    if not result.drift_total:
+        return f"[erpsync] reconcile #{result.run_id}: no drift"
+    return f"[erpsync] reconcile #{result.run_id}: {result.drift_total:,} item(s) drifted"
+
+
+def text_summary(result: ReconcileResult) -> str:
+    lines = [subject(result).removeprefix("[erpsync] "), ""]
+    for s in result.summaries:
+        if s.get("error"):
+            lines.append(f"{s['sink']}: {s['error']}")
+            continue
+        kinds = ", ".join(f"{LABELS[k].lower()}: {s[k]:,}" for k in LABELS if s.get(k))
+        lines.append(f"{s['sink']}: {s['drift_total']:,} drifted ({kinds or 'none'}); "
+                     f"{s['in_flight']:,} in flight; {s['healed']:,} healed")
+        if s.get("heal_refused"):
+            lines.append(f"  healing refused: {s['heal_refused']}")
+    lines += ["", "The HTML report and a CSV of every item are attached."]
+    return "\n".join(lines)
