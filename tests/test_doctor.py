@@ -251,3 +251,12 @@ def test_parse_grants_variants() -> None:
     assert g["erp.stock_levels"] == {"SELECT"}
     assert g["erp.prices"] == {"SELECT (COLUMNS)"}
     assert g["shop.*"] == {"ALL PRIVILEGES"}
+
+
+def test_status_reads_the_binlog_position(maria_ok: Any, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, my_source(maria_ok))
+    r = CliRunner().invoke(main, ["status", "--config", cfg, "--json"])
+    assert r.exit_code == 0, r.output
+    st = json.loads(r.stdout)
+    assert st["erp"]["reachable"] and st["erp"]["current"].startswith("binlog.")
+    assert st["source"]["position"] is None and st["sinks"]["shop"]["pending"] == 0
