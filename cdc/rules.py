@@ -193,10 +193,12 @@ class Rule:
         if self.tree is None or isinstance(self.tree, (exp.Select, exp.Query, exp.Command)):
             raise RuleError(f"{path}: rule {self.text!r} must be an expression, not a statement")
         self.columns: list[str] = []
-        self._lookups: list[tuple[str, str]] = []
+        # lookup(name, expr) calls: (name, compiled key expression); the normalizer resolves them
+        self.lookups: list[tuple[str, Callable[[dict[str, Any]], Any]]] = []
+        self._in_lookup = False
         code = self._py(self.tree)
         try:
-            self.fn: Callable[[dict[str, Any]], Any] = eval(f"lambda r: {code}", dict(HELPERS))
+            self.fn: Callable[..., Any] = eval(f"lambda r, _L=_no_lookup: {code}", dict(HELPERS))
         except SyntaxError as e:  # pragma: no cover - codegen bug
             raise RuleError(f"{path}: internal compile error for {self.text!r}: {e}") from None
         for d in DIALECTS:  # refuse at load what a dialect cannot express
@@ -205,29 +207,65 @@ class Rule:
     def __repr__(self) -> str:
         return f"Rule({self.text!r} at {self.path})"
 
-    def __call__(self, row: dict[str, Any]) -> Any:
-        return self.fn(row)
+    def __call__(self, row: dict[str, Any], lookup: Callable[[str, Any], Any] | None = None) -> Any:
+        return self.fn(row, lookup) if lookup is not None else self.fn(row)
+
+    @property
+    def lookup_names(self) -> list[str]:
+        return list(dict.fromkeys(n for n, _ in self.lookups))
 
     @property
     def is_column(self) -> bool:
         return isinstance(self.tree, exp.Column)
 
-    def sql(self, dialect: str, qualifier: str | None = None) -> str:
-        """The rule as SQL for ``dialect``; identifiers quoted (no injection through column names)."""
-        tree = self.tree.copy()
-        if qualifier:
-            for col in tree.find_all(exp.Column):
-                col.set("table", exp.to_identifier(qualifier))
+    def sql(self, dialect: str, qualifier: str | None = None,
+            lookup_sql: Callable[[str, exp.Expression], exp.Expression] | None = None) -> str:
+        """The rule as SQL for ``dialect``; identifiers quoted (no injection through column names).
+
+        ``lookup_sql(name, key_tree)`` replaces each lookup() call (e.g. by a correlated subquery)."""
+        tree = self.sql_tree(qualifier, lookup_sql)
         try:
             return tree.sql(dialect=dialect, identify=True, unsupported_level=ErrorLevel.RAISE)
         except SqlglotError as e:
             raise RuleError(f"{self.path}: rule {self.text!r} cannot be written for {dialect}: "
                             f"{_first_line(e)}") from None
 
+    def sql_tree(self, qualifier: str | None = None,
+                 lookup_sql: Callable[[str, exp.Expression], exp.Expression] | None = None) -> exp.Expression:
+        tree = self.tree.copy()
+        if qualifier:
+            for col in list(tree.find_all(exp.Column)):
+                parent = col.parent
+                if parent is not None and _is_lookup(parent) and parent.expressions[0] is col:
+                    continue  # the lookup's name, not a column
+                col.set("table", exp.to_identifier(qualifier))
+        if lookup_sql is not None:
+            def swap(node: exp.Expression) -> exp.Expression:
+                if _is_lookup(node):
+                    return lookup_sql(_lookup_name(node), node.expressions[1])
+                return node
+
+            tree = tree.transform(swap, copy=False)
+        return tree
+
     # codegen --------------------------------------------------------------------------------------
     def _py(self, node: exp.Expression) -> str:
         if isinstance(node, exp.Paren):
             return self._py(node.this)
+        if _is_lookup(node):
+            if self._in_lookup:
+                raise RuleError(f"{self.path}: nested lookup() in {self.text!r} is not supported")
+            if len(node.expressions) != 2:
+                raise RuleError(f"{self.path}: lookup() takes (name, expression) in {self.text!r}")
+            try:
+                name = _lookup_name(node)
+            except ValueError as e:
+                raise RuleError(f"{self.path}: {e} in {self.text!r}") from None
+            self._in_lookup = True
+            key = self._py(node.expressions[1])
+            self._in_lookup = False
+            self.lookups.append((name, eval(f"lambda r: {key}", dict(HELPERS))))
+            return f"_L({name!r}, {key})"
         if isinstance(node, exp.Column):
             if node.table:
                 raise RuleError(f"{self.path}: {node.sql()!r}: write plain column names (rules read one row)")
@@ -309,6 +347,26 @@ class Rule:
         raise RuleError(f"{self.path}: {type(node).__name__} ({node.sql()!r}) is not supported in rules; "
                         "use columns, literals, + - * /, CASE, COALESCE, comparisons, AND/OR/NOT, "
                         "IN, BETWEEN, LOWER/UPPER/TRIM, ||, CAST, GREATEST/LEAST, ABS, ROUND")
+
+
+def _no_lookup(name: str, key: Any) -> Any:
+    raise RuntimeError(f"lookup({name}) needs the normalizer's lookup state")
+
+
+HELPERS["_no_lookup"] = _no_lookup
+
+
+def _is_lookup(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Anonymous) and str(node.this).lower() == "lookup"
+
+
+def _lookup_name(node: exp.Expression) -> str:
+    first = node.expressions[0] if node.expressions else None
+    if isinstance(first, exp.Column) and not first.table:
+        return first.name
+    if isinstance(first, exp.Literal) and first.is_string:
+        return str(first.this)
+    raise ValueError("lookup() needs a lookup name as its first argument")
 
 
 def _first_line(e: Exception) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cdc.mapping import StockMapping
-from cdc.rules import Rule, RuleError
+from cdc.mapping import LookupMapping, PriceMapping, StockMapping
+from cdc.rules import RuleError
 from cdc.sources.config import MySQLSourceConfig, PostgresSourceConfig
 from reconciler.config import ReconcileConfig
 from sinks.config import SinkConfig
@@ -45,7 +45,10 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: PostgresSourceConfig | MySQLSourceConfig = Field(discriminator="kind")
+    lookups: dict[str, LookupMapping] = Field(
+        default_factory=dict, description="name -> key/value table that rules read with lookup(name, expr)")
     stock: StockMapping | None = None
+    prices: PriceMapping | None = None
     sinks: list[SinkConfig] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
@@ -135,11 +138,14 @@ def load_config_text(text: str, origin: str = "<string>") -> Config:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{origin}: sinks: duplicate sink name(s): {', '.join(dupes)}")
-    if cfg.stock is None:
-        raise ConfigError(f"{origin}: stock: nothing is mapped (add a stock: block)")
+    if cfg.stock is None and cfg.prices is None:
+        raise ConfigError(f"{origin}: stock: nothing is mapped (add a stock: or prices: block)")
     try:  # every rule must compile, and transpile for every dialect, before anything starts
-        for name in ("sku", "warehouse", "quantity"):
-            Rule(getattr(cfg.stock, name), f"stock.{name}")
+        import sqlite3
+
+        from cdc.normalize import normalizer_for
+
+        normalizer_for(cfg, sqlite3.connect(":memory:"))
     except RuleError as e:
         raise ConfigError(f"{origin}: {e}") from None
     return cfg
