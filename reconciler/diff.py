@@ -86,7 +86,10 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
     con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT * FROM erp_facts WHERE {' AND '.join(where)}")
     swhere = where[0]
     con.execute(f"CREATE OR REPLACE TEMP TABLE s AS SELECT * FROM shop_facts WHERE {swhere}")
-    con.execute("CREATE OR REPLACE TEMP TABLE e_skus AS SELECT DISTINCT kind, sku FROM e")
+    # (kind, sku) pairs the ERP feeds, only for SKUs the shop lists somewhere the ERP does not
+    con.execute("""CREATE OR REPLACE TEMP TABLE e_skus AS
+                   SELECT DISTINCT kind, sku FROM e SEMI JOIN (SELECT kind, sku FROM s ANTI JOIN e
+                       USING (kind, sku, scope)) x USING (kind, sku)""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE d AS
         WITH j AS (
@@ -100,10 +103,9 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
                OR (e.kind = 'price' AND e.currency IS NOT NULL AND s.currency IS NOT NULL
                    AND e.currency <> s.currency)
         ), k AS (
-            SELECT j.*, es.sku IS NOT NULL AS sku_mapped, k2.sku IS NOT NULL AS sku_in_erp,
-                   coalesce(k2.mapped, false) AS erp_mapped, k2.warehouses
+            SELECT j.*, es.sku IS NOT NULL AS sku_mapped, un.sku IS NOT NULL AS unmapped, un.warehouses
             FROM j LEFT JOIN e_skus es ON es.kind = j.fact_kind AND es.sku = j.sku
-                   LEFT JOIN erp_skus k2 ON k2.sku = j.sku
+                   LEFT JOIN erp_unmapped un ON un.sku = j.sku
         ), c AS (
             SELECT *, CASE
                 WHEN in_erp AND in_shop THEN fact_kind || '_mismatch'
@@ -111,7 +113,7 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
                 -- the ERP feeds this SKU elsewhere but has no row here: the stream would say 0
                 WHEN sku_mapped AND fact_kind = 'stock' THEN
                     CASE WHEN shop_value = 0 THEN NULL ELSE 'stock_mismatch' END
-                WHEN sku_in_erp AND NOT erp_mapped THEN 'not_mapped'
+                WHEN unmapped THEN 'not_mapped'
                 ELSE 'not_in_erp' END AS drift
             FROM k
         )

@@ -142,7 +142,7 @@ def _begin(conn: Any, dialect: str) -> str | None:
 def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, *, stock: Any,
                  prices: Any = None, default_schema: str | None = "public", chunk_rows: int = 100_000,
                  progress: bool | None = None) -> ErpSnapshot:
-    """Fill ``erp_facts(kind, sku, scope, value, currency)`` and ``erp_skus(sku, mapped, warehouses)``."""
+    """Fill ``erp_facts(kind, sku, scope, value, currency)`` and ``erp_unmapped(sku, warehouses)``."""
     snap = ErpSnapshot(position=None, started_at=time.time())
     started = time.monotonic()
     pos = _begin(conn, dialect)
@@ -174,23 +174,25 @@ def _aggregate(con: duckdb.DuckDBPyConnection, stock: Any, *, has_prices: bool) 
     con.execute("CREATE OR REPLACE TABLE erp_locmap AS SELECT * FROM _locmap")
     con.unregister("_locmap")
     safety = int(stock.safety_stock)
-    # DECIMAL(38,10): exact sums (a DOUBLE could floor 2.9999999 to 2); blank SKUs contribute nothing
+    # DECIMAL(18,6): exact sums (a DOUBLE could floor 2.9999999 to 2) on 64-bit integers, which DuckDB
+    # sums far faster than 128-bit ones; blank SKUs contribute nothing
     con.execute(f"""
         CREATE OR REPLACE TABLE erp_facts AS
         SELECT 'stock' AS kind, r.sku, l.location AS scope,
-               greatest(floor(sum(coalesce(TRY_CAST(r.val AS DECIMAL(38,10)), 0))) - {safety}, 0)
-                   ::DECIMAL(38,4) AS value,
+               greatest(floor(sum(TRY_CAST(r.val AS DECIMAL(18,6)))) - {safety}, 0)::DECIMAL(38,4) AS value,
                NULL::VARCHAR AS currency
         FROM erp_stock_rows r JOIN erp_locmap l ON r.scope = l.warehouse
         WHERE r.sku IS NOT NULL AND trim(r.sku) <> ''
         GROUP BY r.sku, l.location""")
+    # SKUs the ERP holds only in warehouses no location takes (usually none: a cheap filter first)
     con.execute("""
-        CREATE OR REPLACE TABLE erp_skus AS
-        SELECT r.sku, bool_or(l.location IS NOT NULL) AS mapped,
-               string_agg(DISTINCT r.scope, ',' ORDER BY r.scope) AS warehouses
-        FROM erp_stock_rows r LEFT JOIN erp_locmap l ON r.scope = l.warehouse
-        WHERE r.sku IS NOT NULL AND trim(r.sku) <> ''
-        GROUP BY r.sku""")
+        CREATE OR REPLACE TABLE erp_unmapped AS
+        SELECT sku, string_agg(DISTINCT coalesce(scope, 'NULL'), ',') AS warehouses
+        FROM erp_stock_rows r
+        WHERE sku IS NOT NULL AND trim(sku) <> ''
+          AND (scope IS NULL OR scope NOT IN (SELECT warehouse FROM erp_locmap))
+          AND sku NOT IN (SELECT sku FROM erp_facts)
+        GROUP BY sku""")
     if has_prices:
         # a price key appears once per (sku, price list); if the ERP holds several rows, the last wins on
         # the stream, so any one of them is as good here — differing duplicates show up as drift
@@ -199,7 +201,4 @@ def _aggregate(con: duckdb.DuckDBPyConnection, stock: Any, *, has_prices: bool) 
             SELECT 'price', sku, scope, max(TRY_CAST(val AS DECIMAL(38,4))), max(currency)
             FROM erp_price_rows WHERE sku IS NOT NULL AND trim(sku) <> '' AND scope IS NOT NULL
             GROUP BY sku, scope""")
-        con.execute("""
-            INSERT INTO erp_skus SELECT DISTINCT sku, true, '' FROM erp_price_rows p
-            WHERE sku IS NOT NULL AND trim(sku) <> '' AND NOT EXISTS (SELECT 1 FROM erp_skus s
-                                                                      WHERE s.sku = p.sku)""")
+        con.execute("DELETE FROM erp_unmapped WHERE sku IN (SELECT sku FROM erp_facts WHERE kind = 'price')")

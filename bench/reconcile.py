@@ -1,0 +1,181 @@
+"""Reconcile throughput: erpsync's reconciler vs reladiff, on the same data in the same run.
+
+Data: a throwaway PostgreSQL with an ERP stock table of SKUS × 3 warehouses (one per shop location) and a
+shop snapshot table ``shop_stock(sku, location, available)`` holding the mapped values with 1% of the keys
+drifted (half of them a different quantity, half missing from the shop).
+
+* erpsync: the reconciler's ERP snapshot (the mapping's SELECT, COPY … TO STDOUT → Arrow → DuckDB, sums /
+  floor / safety / clamp in DuckDB), the shop snapshot (COPY of shop_stock → Arrow, standing in for a
+  shop listing) and the DuckDB classification.
+* reladiff: ``diff_tables`` of the same shop table against the ERP side *already mapped* into an indexed
+  table (reladiff diffs two tables; it cannot apply the mapping). The time to build that table is shown
+  separately and added in the second ratio.
+
+The last lines print both times and ``ratio`` (reladiff seconds ÷ erpsync seconds; goal ≥ 5).
+
+    .venv/bin/python bench/reconcile.py              # 1,000,000 SKUs × 3 locations
+    .venv/bin/python bench/reconcile.py --skus 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import duckdb
+import psycopg2
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cdc.rules import Rule
+from erpsync.throwaway.postgres import ThrowawayPostgres
+from reconciler import diff
+from reconciler.erp_snapshot import snapshot_erp
+from reconciler.shop_snapshot import snapshot_shop
+
+LOCATIONS = {"WH-A": "north", "WH-B": "south", "WH-C": "west"}
+SAFETY = 1
+
+
+def seed(dsn: str, skus: int) -> tuple[int, int]:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("""CREATE TABLE stock_levels (id bigserial PRIMARY KEY, sku text NOT NULL,
+                       warehouse_code text NOT NULL, on_hand numeric(12,3) NOT NULL,
+                       reserved numeric(12,3) NOT NULL DEFAULT 0)""")
+        cur.execute("""INSERT INTO stock_levels (sku, warehouse_code, on_hand, reserved)
+                       SELECT 'SKU-' || lpad(i::text, 8, '0'), w, (i * 7 + ascii(right(w, 1))) %% 60, i %% 3
+                       FROM generate_series(1, %s) i, unnest(ARRAY['WH-A','WH-B','WH-C']) w""", (skus,))
+        cur.execute("CREATE TABLE locmap (warehouse text PRIMARY KEY, location text)")
+        cur.executemany("INSERT INTO locmap VALUES (%s, %s)", list(LOCATIONS.items()))
+        # the mapped ERP values, as the shop should show them
+        mapped = f"""SELECT s.sku, l.location, greatest(floor(sum(s.on_hand - s.reserved)) - {SAFETY}, 0)::int
+                     AS available FROM stock_levels s JOIN locmap l ON l.warehouse = s.warehouse_code
+                     GROUP BY s.sku, l.location"""
+        # 1% drift: 0.5% of keys with another quantity, 0.5% missing from the shop
+        cur.execute(f"""CREATE TABLE shop_stock AS
+                        SELECT sku, location, available + CASE WHEN h = 0 THEN 5 ELSE 0 END AS available
+                        FROM (SELECT *, abs(hashtext(sku || location)) % 200 AS h FROM ({mapped}) m) x
+                        WHERE h <> 1""")
+        cur.execute("ALTER TABLE shop_stock ADD PRIMARY KEY (sku, location)")
+        cur.execute("VACUUM ANALYZE")
+        cur.execute("SELECT count(*) FILTER (WHERE h = 0), count(*) FILTER (WHERE h = 1) FROM "
+                    f"(SELECT abs(hashtext(sku || location)) % 200 AS h FROM ({mapped}) m) x")
+        changed, missing = cur.fetchone()
+    conn.close()
+    return changed, missing
+
+
+class TableShop:
+    """A 'shop' whose listing is a PostgreSQL table (COPY → Arrow): the relation reladiff reads too."""
+
+    name = "bench-shop"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def snapshot_arrow(self) -> Any:
+        conn = psycopg2.connect(self.dsn)
+        buf = io.BytesIO()
+        with conn.cursor() as cur:
+            cur.copy_expert("COPY (SELECT 'stock', sku, location, available::text, NULL FROM shop_stock) "
+                            "TO STDOUT WITH (FORMAT csv)", buf)
+        conn.close()
+        buf.seek(0)
+        names = ["kind", "sku", "scope", "value", "currency"]
+        reader = pacsv.open_csv(buf, read_options=pacsv.ReadOptions(column_names=names, block_size=16 << 20),
+                                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names,
+                                                                                                pa.string())))
+        yield from reader
+
+    def close(self) -> None:
+        return None
+
+
+def run_erpsync(dsn: str) -> tuple[float, dict[str, int]]:
+    mapping = SimpleNamespace(table="public.stock_levels", sku="sku", warehouse="warehouse_code",
+                              quantity="on_hand - reserved", locations=LOCATIONS, safety_stock=SAFETY)
+    Rule("sku", "warm-up")  # sqlglot's dialect modules load on first use: import cost, not reconcile cost
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    snap = snapshot_erp(conn, "postgres", con, stock=mapping, progress=False)
+    conn.close()
+    t1 = time.perf_counter()
+    n = snapshot_shop(TableShop(dsn), con, progress=False)
+    t2 = time.perf_counter()
+    diff.load_in_flight(con, [])
+    res = diff.classify(con, "bench-shop", kinds=["stock"])
+    t3 = time.perf_counter()
+    print(f"  erpsync: ERP snapshot {snap.rows:,} rows {t1 - t0:.2f}s, shop snapshot {n:,} facts "
+          f"{t2 - t1:.2f}s, diff {t3 - t2:.2f}s")
+    return t3 - t0, {k: v for k, v in res.counts.items() if v}
+
+
+def run_reladiff(dsn: str, uri: str) -> tuple[float, float, dict[str, int]]:
+    from reladiff import connect_to_table, diff_tables
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    t0 = time.perf_counter()
+    with conn.cursor() as cur:  # reladiff cannot apply the mapping: give it the mapped ERP side as a table
+        cur.execute(f"""CREATE TABLE erp_mapped AS
+                        SELECT s.sku, l.location,
+                               greatest(floor(sum(s.on_hand - s.reserved)) - {SAFETY}, 0)::int AS available
+                        FROM stock_levels s JOIN locmap l ON l.warehouse = s.warehouse_code
+                        GROUP BY s.sku, l.location""")
+        cur.execute("ALTER TABLE erp_mapped ADD PRIMARY KEY (sku, location)")
+        cur.execute("ANALYZE erp_mapped")
+    conn.close()
+    t1 = time.perf_counter()
+    a = connect_to_table(uri, "erp_mapped", ("sku", "location"), thread_count=2)
+    b = connect_to_table(uri, "shop_stock", ("sku", "location"), thread_count=2)
+    counts = {"-": 0, "+": 0}
+    for sign, _row in diff_tables(a, b, extra_columns=("available",), threaded=True, max_threadpool_size=2):
+        counts[sign] += 1
+    t2 = time.perf_counter()
+    print(f"  reladiff: materialize mapped ERP {t1 - t0:.2f}s, diff_tables {t2 - t1:.2f}s "
+          f"(rows only in ERP side '-': {counts['-']:,}, only in shop side '+': {counts['+']:,})")
+    return t2 - t1, t1 - t0, counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skus", type=int, default=1_000_000, help="SKUs (× 3 locations = keys)")
+    args = ap.parse_args()
+    with ThrowawayPostgres(wal_level="replica") as pg:
+        dsn = pg.create_database("bench")
+        t = time.perf_counter()
+        changed, missing = seed(dsn, args.skus)
+        print(f"seeded {args.skus:,} SKUs × 3 locations = {3 * args.skus:,} keys; drift: {changed:,} "
+              f"quantities changed, {missing:,} missing in the shop ({time.perf_counter() - t:.1f}s)")
+        ours, found = run_erpsync(dsn)
+        print(f"  erpsync found {found}")
+        assert found == {"stock_mismatch": changed, "missing_in_shop": missing}, found
+        uri = "postgresql://" + dsn.split("://", 1)[1] if "://" in dsn else _uri(dsn)
+        theirs, prep, counts = run_reladiff(dsn, uri)
+        assert counts["-"] == changed + missing and counts["+"] == changed, counts
+    print(f"erpsync reconcile: {ours:.2f}s")
+    print(f"reladiff diff_tables: {theirs:.2f}s (+ {prep:.2f}s to materialize the mapped ERP side)")
+    print(f"ratio {theirs / ours:.1f}  (with materialization {(theirs + prep) / ours:.1f})")
+    return 0
+
+
+def _uri(dsn: str) -> str:
+    """key=value DSN → postgresql:// URI for reladiff."""
+    kv = dict(p.split("=", 1) for p in dsn.split())
+    user = kv.get("user", "postgres")
+    return f"postgresql://{user}@{kv.get('host', '127.0.0.1')}:{kv.get('port', '5432')}/{kv.get('dbname')}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
