@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from erpsync.throwaway.postgres import ThrowawayPostgres
+from tests.erp import Erp, MariaErp, PostgresErp
 
 _db_counter = itertools.count(1)
 
@@ -23,3 +24,17 @@ def pg_server() -> Iterator[ThrowawayPostgres]:
 def pg_dsn(pg_server: ThrowawayPostgres) -> str:
     """A fresh database in the session's cluster (slots and publications are per test)."""
     return pg_server.create_database(f"t{next(_db_counter)}")
+
+
+@pytest.fixture(params=["postgres"])  # "mysql" joins once its fixture lands
+def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
+    """The end-to-end ERP (a stock table) on each source database: the same tests run on both."""
+    e: Erp
+    if request.param == "postgres":
+        e = PostgresErp(request.getfixturevalue("pg_dsn"))
+    else:
+        server = request.getfixturevalue("mariadb_server")
+        e = MariaErp(server, server.create_database(f"e{next(_db_counter)}"))
+    e.create_stock_table()
+    yield e
+    e.close()  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ import yaml
 
 LOCATIONS = {"WH-MAD": "madrid", "WH-BCN": "madrid", "WH-MIL": "milan"}
 SAFETY = 1
+WHERE = "WHERE sku=%s AND warehouse_code=%s"
 
 
 class Erp:
@@ -62,14 +63,13 @@ class Erp:
             sku, wh = rng.choice(skus), rng.choice(list(LOCATIONS))
             r = rng.random()
             if r < 0.5:
-                out.append(("UPDATE stock_levels SET on_hand = on_hand - %s WHERE sku=%s AND warehouse_code=%s",
+                out.append((f"UPDATE stock_levels SET on_hand = on_hand - %s {WHERE}",
                             (rng.randint(1, 3), sku, wh)))
             elif r < 0.8:
-                out.append(("UPDATE stock_levels SET on_hand = on_hand + %s WHERE sku=%s AND warehouse_code=%s",
+                out.append((f"UPDATE stock_levels SET on_hand = on_hand + %s {WHERE}",
                             (rng.randint(1, 20), sku, wh)))
             else:
-                out.append(("UPDATE stock_levels SET reserved = %s WHERE sku=%s AND warehouse_code=%s",
-                            (rng.randint(0, 5), sku, wh)))
+                out.append((f"UPDATE stock_levels SET reserved = %s {WHERE}", (rng.randint(0, 5), sku, wh)))
         return out
 
     def expected(self) -> dict[tuple[str, str], int]:
@@ -120,6 +120,35 @@ class PostgresErp(Erp):
         rows = self.query("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
                           "WHERE slot_name=%s", (slot,))
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class MariaErp(Erp):
+    kind = "mysql"
+
+    def __init__(self, server: Any, database: str) -> None:
+        self.server = server
+        self.database = database
+        self.conn = server.connect(database)
+
+    def create_stock_table(self) -> None:
+        self.execute("""CREATE TABLE stock_levels (
+            id BIGINT AUTO_INCREMENT PRIMARY KEY,
+            sku VARCHAR(64) NOT NULL, warehouse_code VARCHAR(16) NOT NULL,
+            on_hand DECIMAL(12,3) NOT NULL DEFAULT 0, reserved DECIMAL(12,3) NOT NULL DEFAULT 0,
+            note LONGTEXT, updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+            UNIQUE KEY (sku, warehouse_code)) ENGINE=InnoDB""")
+
+    def table(self) -> str:
+        return "stock_levels"
+
+    def source(self, name: str) -> dict[str, Any]:
+        # server_id must be unique among the server's replicas: derive it from the database name
+        return {"kind": "mysql", "host": "127.0.0.1", "port": self.server.port, "user": "root",
+                "password": "", "database": self.database,
+                "server_id": 1000 + abs(hash(self.database)) % 100_000, "heartbeat_seconds": 1}
 
     def close(self) -> None:
         self.conn.close()

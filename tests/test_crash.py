@@ -10,11 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from cdc.sources.postgres import lsn_to_int
 from erpsync.throwaway import wait_for
@@ -22,20 +18,12 @@ from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import Erp, PostgresErp
 
 
-@pytest.fixture(params=["postgres"])
-def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
-    e: Any = PostgresErp(request.getfixturevalue("pg_dsn"))
-    e.create_stock_table()
-    yield e
-    e.close()
-
-
 def start(config: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "erpsync.cli", "--log-format", "json", "run", "--config",
-                             config], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+                             config], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
 
-def outbox_position(path: Path) -> int | None:
+def outbox_position(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
@@ -44,7 +32,7 @@ def outbox_position(path: Path) -> int | None:
         conn.close()
     except sqlite3.OperationalError:
         return None
-    return lsn_to_int(row[0]) if row else None
+    return row[0] if row else None
 
 
 def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> None:
@@ -72,7 +60,7 @@ def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> No
                 row = cur.fetchone()
             confirmed = int(row[0]) if row and row[0] is not None else None
             held = outbox_position(outbox)
-            if confirmed is not None and held is not None and confirmed > held:
+            if confirmed is not None and held is not None and confirmed > lsn_to_int(held):
                 violations.append((confirmed, held))
             time.sleep(0.02)
         conn.close()
@@ -82,7 +70,8 @@ def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> No
     kills = 0
     try:
         assert wait_for(lambda: outbox_position(outbox) is not None, timeout=60), "no snapshot"
-        watcher.start()
+        if isinstance(erp, PostgresErp):  # MySQL has nothing to confirm: the binlog is not held for us
+            watcher.start()
         changes = 0
         kill_at = sorted(rng.sample(range(1_000, 19_000), 6))
         while changes < 20_000:
@@ -106,9 +95,10 @@ def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> No
         # graceful stop: SIGTERM flushes, confirms and exits 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert isinstance(erp, PostgresErp)
-        confirmed = erp.confirmed_flush("erpsync")
-        assert confirmed is not None and confirmed == outbox_position(outbox)
+        if isinstance(erp, PostgresErp):
+            confirmed = erp.confirmed_flush("erpsync")
+            held = outbox_position(outbox)
+            assert confirmed is not None and held is not None and confirmed == lsn_to_int(held)
     finally:
         done.set()
         if proc.poll() is None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -15,15 +13,6 @@ from erpsync.pipeline import Pipeline
 from erpsync.throwaway import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import Erp, PostgresErp
-
-
-@pytest.fixture(params=["postgres"])
-def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
-    if request.param == "postgres":
-        e: Any = PostgresErp(request.getfixturevalue("pg_dsn"))
-    e.create_stock_table()
-    yield e
-    e.close()
 
 
 @pytest.fixture
