@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class SinkConfigBase(BaseModel):
@@ -36,5 +36,93 @@ class WebhookSinkConfig(SinkConfigBase):
     )
 
 
+PriceField = Literal["regular", "sale", "compare_at"]
+
+
+class _ShopConfig(SinkConfigBase):
+    """Shared by the shop platforms: which price fields the platform has, and an optional client-side
+    request pacer (hosts and WAFs in front of Woo/Magento/PrestaShop often answer 429 above some rate)."""
+
+    allowed_price_fields: ClassVar[frozenset[str]] = frozenset({"regular", "sale", "compare_at"})
+    max_requests_per_second: float | None = Field(
+        None, gt=0, description="pace requests client-side to stay under the host's rate limit"
+    )
+    currency: str | None = Field(
+        None, description="the shop's currency: price facts in another currency are refused; used by snapshot"
+    )
+
+    @model_validator(mode="after")
+    def _check_price_fields(self) -> _ShopConfig:
+        bad = {k: v for k, v in self.price_lists.items() if v not in self.allowed_price_fields}
+        if bad:
+            raise ValueError(
+                f"price_lists: {getattr(self, 'kind', '?')} supports {sorted(self.allowed_price_fields)}, "
+                f"not {sorted(set(bad.values()))}"
+            )
+        return self
+
+
+class ShopifySinkConfig(_ShopConfig):
+    """Shopify Admin GraphQL. ``locations``: name -> ``gid://shopify/Location/N``; ``price_lists``: list ->
+    ``regular`` (variant price) or ``compare_at`` (compareAtPrice)."""
+
+    kind: Literal["shopify"] = "shopify"
+    allowed_price_fields: ClassVar[frozenset[str]] = frozenset({"regular", "compare_at"})
+    access_token: SecretStr = Field(description="Admin API access token (X-Shopify-Access-Token)")
+    api_version: str = Field("2025-07", pattern=r"^(\d{4}-\d{2}|unstable)$")
+    quantity_name: Literal["available", "on_hand"] = "available"
+    reason: str = Field("correction", description="inventorySetQuantities reason")
+    reference_document_uri: str | None = Field("erpsync://erp", description="in Shopify's stock history")
+    compare_quantity: Literal["ignore", "last_known"] = Field(
+        "ignore",
+        description="ignore: opt out of compare-and-set where the API version allows it; last_known: send "
+        "the quantity last read/written as compareQuantity/changeFromQuantity (forced from 2026-04)",
+    )
+    pace: bool = Field(True, description="client-side leaky bucket mirroring the server's cost throttle")
+    price_products_per_request: int = Field(
+        10, ge=1, le=50, description="productVariantsBulkUpdate calls (one product each) aliased per request"
+    )
+    snapshot_mode: Literal["bulk", "pages"] = "bulk"
+    bulk_poll_seconds: float = Field(1.0, gt=0)
+
+
+class WooCommerceSinkConfig(_ShopConfig):
+    """WooCommerce REST v3. ``locations``: name -> ``stock`` (core stock_quantity) or ``meta:<key>`` (a
+    multi-location plugin's meta field); ``price_lists``: list -> ``regular`` or ``sale``."""
+
+    kind: Literal["woocommerce"] = "woocommerce"
+    allowed_price_fields: ClassVar[frozenset[str]] = frozenset({"regular", "sale"})
+    consumer_key: SecretStr
+    consumer_secret: SecretStr
+    api_path: str = Field("/wp-json/wc/v3", description="REST base under url")
+
+
+class MagentoSinkConfig(_ShopConfig):
+    """Magento 2 / Adobe Commerce REST. ``locations``: name -> MSI source_code; ``price_lists``: list ->
+    ``regular`` (base-prices) or ``sale`` (special-price)."""
+
+    kind: Literal["magento"] = "magento"
+    allowed_price_fields: ClassVar[frozenset[str]] = frozenset({"regular", "sale"})
+    token: SecretStr = Field(description="integration / admin bearer token")
+    store_code: str = Field("all", description="/rest/<store_code>/V1/...")
+    store_id: int = Field(0, ge=0, description="store_id of base and special prices (0 = global)")
+    max_list_items: int = Field(20, ge=1, le=5000, description="the shop's input-list limit per sync request")
+    special_price_from: str = Field("2000-01-01 00:00:00", description="fixed window: re-sends replace")
+    special_price_to: str = Field("2099-12-31 23:59:59")
+
+
+class PrestaShopSinkConfig(_ShopConfig):
+    """PrestaShop Webservice. ``locations``: name -> id_shop; ``price_lists``: list -> ``regular``
+    (products.price, tax excluded)."""
+
+    kind: Literal["prestashop"] = "prestashop"
+    allowed_price_fields: ClassVar[frozenset[str]] = frozenset({"regular"})
+    webservice_key: SecretStr
+    concurrency: int = Field(8, ge=1, le=64, description="requests in flight (the API has no batch)")
+
+
 # Add each new kind to this union; pydantic picks the model by ``kind``.
-SinkConfig = WebhookSinkConfig
+SinkConfig = Annotated[
+    WebhookSinkConfig | ShopifySinkConfig | WooCommerceSinkConfig | MagentoSinkConfig | PrestaShopSinkConfig,
+    Field(discriminator="kind"),
+]
