@@ -31,8 +31,12 @@ def table_sql(table: str, dialect: str) -> str:
 
 
 def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: list[Rule],
-                numeric: list[Rule]) -> None:
-    """Raise SchemaError naming the YAML path of the first rule the database refuses."""
+                numeric: list[Rule], extra_columns: dict[str, str] | None = None,
+                lookup_sql: Any = None) -> None:
+    """Raise SchemaError naming the YAML path of the first rule the database refuses.
+
+    ``extra_columns``: YAML path -> plain column that must exist (a lookup's key); ``lookup_sql`` renders
+    lookup() calls (as the snapshot's correlated subqueries)."""
     tsql = table_sql(table, dialect)
     with conn.cursor() as cur:
         try:
@@ -42,13 +46,17 @@ def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: lis
             raise SchemaError(f"{table_path}: table {table} not found or not readable: {_msg(e)}") from None
         cur.execute(f"SELECT * FROM {tsql} WHERE 1 = 0")
         columns = [d[0].lower() for d in cur.description or []]
+        for path, col in (extra_columns or {}).items():
+            if col.lower() not in columns:
+                raise SchemaError(f"{path}: column {col!r} not found in {table} "
+                                  f"(columns: {', '.join(columns)})")
         for rule in rules:
             missing = [c for c in rule.columns if c.lower() not in columns]
             if missing:
                 raise SchemaError(f"{rule.path}: column {missing[0]!r} not found in {table} "
                                   f"(columns: {', '.join(columns)})")
             try:
-                cur.execute(f"SELECT {rule.sql(dialect)} FROM {tsql} WHERE 1 = 0")
+                cur.execute(f"SELECT {rule.sql(dialect, 't', lookup_sql)} FROM {tsql} AS t WHERE 1 = 0")
             except Exception as e:
                 _reset(conn)
                 raise SchemaError(f"{rule.path}: {rule.text!r} does not work on {table}: {_msg(e)}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdc.normalize import StockNormalizer
+from cdc.normalize import normalizer_for
 from cdc.schema_check import SchemaError, check_rules
 from erpsync.config import Config
 
@@ -46,14 +46,46 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
     own = conn is None
     conn = conn or connect(cfg)
     try:
-        assert cfg.stock is not None
-        default_schema = "public" if cfg.source.kind == "postgres" else cfg.source.database
-        norm = StockNormalizer(cfg.stock, sqlite3.connect(":memory:"), default_schema=default_schema)
-        check_rules(conn, dialect(cfg), norm.table, "stock.table", [norm.sku, norm.warehouse, norm.quantity],
-                    numeric=[norm.quantity])
+        from cdc.snapshot_sql import facts_select
+
+        d = dialect(cfg)
+        norm = normalizer_for(cfg, sqlite3.connect(":memory:"))
+        for name, lk in norm.lookups.items():
+            rules = [lk.value, *([lk.filter] if lk.filter else [])]
+            check_rules(conn, d, lk.table, f"lookups.{name}.table", rules, numeric=[],
+                        extra_columns={f"lookups.{name}.key": lk.key})
+        # rules calling lookup() are checked with the lookup as the correlated subquery the snapshot uses
+        render = facts_select(cfg, d, normalizer=norm)  # builds (and validates) every subquery
+        for kind, table, rules, numeric in (
+                ("stock", getattr(norm, "stock_table", ""), norm.stock_rules, ("quantity", "reserved")),
+                ("price", getattr(norm, "price_table", ""), norm.price_rules, ("amount", "compare_at"))):
+            if kind in render:
+                check_rules(conn, d, table, f"{'stock' if kind == 'stock' else 'prices'}.table",
+                            list(rules.values()), numeric=[rules[n] for n in numeric if n in rules],
+                            lookup_sql=_lookup_renderer(cfg, norm, d))
+        with conn.cursor() as cur:  # the whole snapshot SELECT must run too (types of CASE, windows...)
+            for kind, sql in render.items():
+                try:
+                    cur.execute(f"SELECT * FROM ({sql}) AS q WHERE 1 = 0")
+                except Exception as e:
+                    _reset(conn)
+                    where = "stock" if kind == "stock" else "prices"
+                    raise SchemaError(f"{where}: the snapshot SELECT fails on the ERP: {_first(e)}") from None
     finally:
         if own:
             conn.close()
+
+
+def _lookup_renderer(cfg: Config, norm: Any, d: str) -> Any:
+    from cdc.snapshot_sql import _Builder
+
+    return _Builder(norm, d).lookup_sql
+
+
+def _reset(conn: Any) -> None:
+    from cdc.schema_check import _reset as reset
+
+    reset(conn)
 
 
 def _first(e: Exception) -> str:

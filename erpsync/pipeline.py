@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdc.changes import Chunk, Source
-from cdc.normalize import StockNormalizer
+from cdc.normalize import normalizer_for
 from cdc.outbox import Outbox, dlq_counts, pending_counts
 from erpsync import metrics
 from erpsync.config import Config
@@ -81,9 +81,8 @@ class Pipeline:
         self.serve_ops = serve_ops  # the ops HTTP endpoint (cfg.ops.listen); `erpsync run` turns it on
         self.ops: OpsServer | None = None
         self.outbox = Outbox(cfg.outbox_path(), {s.name: list(s.kinds) for s in cfg.sinks})
-        assert cfg.stock is not None
-        default_schema = "public" if cfg.source.kind == "postgres" else cfg.source.database
-        self.normalizer = StockNormalizer(cfg.stock, self.outbox.conn, default_schema=default_schema)
+        # stock + prices + lookups; `tables` lists every table it reads, lookup tables included
+        self.normalizer = normalizer_for(cfg, self.outbox.conn)
         self.source = source or make_source(cfg, self.normalizer.tables)
         self.source_id = source_id(cfg)
         self.sinks = sinks if sinks is not None else [make_sink(s) for s in cfg.sinks]
@@ -216,6 +215,13 @@ class Pipeline:
                     self.stats.transactions += 1
                     metrics.transactions_total.inc()
             idle = not chunk.changes and chunk.commit is None
+            if idle:  # a price validity window opened/closed: push it without waiting for an ERP change
+                nt = self.normalizer.next_timer()
+                if nt is not None and nt <= time.time():
+                    for f in self.normalizer.due_timers():
+                        facts[f.key] = f
+                    if first_uncommitted is None:
+                        first_uncommitted = time.monotonic()
             due = first_uncommitted is not None and (
                 idle or uncommitted_rows >= ocfg.commit_max_rows
                 or time.monotonic() - first_uncommitted >= window or stop.is_set())
