@@ -38,4 +38,4 @@ def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
     e.create_stock_table()
     yield e
     e.close()  # type: ignore[attr-defined]
-from tests.fixtures_mariadb import mariadb_db, mariadb_server  # noqa: F401
+from tests.fixtures_mariadb import mariadb_db, mariadb_server  # noqa: E402, F401

@@ -380,3 +380,21 @@ def test_server_id_clash(mariadb_server, mariadb_db, source_factory):
     own = source_factory(cfg(mariadb_server, mariadb_db, server_id=1), ["t"])
     with pytest.raises(SourceError, match="server's own server_id"):
         own.prepare()
+
+
+def test_full_row_metadata_decodes_rows_from_before_a_drop_column(mariadb_server, mariadb_db, source_factory):
+    # with binlog_row_metadata=FULL the names come from the stream itself, so even a reader far behind a
+    # DROP COLUMN (which information_schema alone cannot explain) decodes the older rows
+    sql(mariadb_server, "SET GLOBAL binlog_row_metadata = 'FULL'")
+    try:
+        sql(mariadb_server, "CREATE TABLE t (id INT PRIMARY KEY, gone VARCHAR(5), qty INT UNSIGNED)",
+            db=mariadb_db)
+        pos = master_pos(mariadb_server)
+        sql(mariadb_server, "INSERT INTO t VALUES (1, 'old', 4000000000)", "ALTER TABLE t DROP COLUMN gone",
+            "INSERT INTO t VALUES (2, 7)", db=mariadb_db)
+        src = source_factory(cfg(mariadb_server, mariadb_db), ["t"])
+        old, new = read_txns(src.stream(pos), 2)
+    finally:
+        sql(mariadb_server, "SET GLOBAL binlog_row_metadata = 'NO_LOG'")
+    assert rows(old)[0].after == {"id": 1, "gone": "old", "qty": 4000000000}
+    assert rows(new)[0].after == {"id": 2, "qty": 7}

@@ -853,9 +853,10 @@ class MySQLSource:
                             after = {n: (f(x) if f is not None and x is not None else x)
                                      for n, f, x in zip(names, convs, r, strict=True)}
                             pending.append(RowChange("r", ti.source, None, after, ti.key))
-                        if len(pending) >= self.cfg.snapshot_chunk_rows:
-                            yield Chunk(changes=pending, snapshot=True)
-                            pending = []
+                        n = self.cfg.snapshot_chunk_rows
+                        while len(pending) >= n:  # rows of several tables share chunks of at most n
+                            yield Chunk(changes=pending[:n], snapshot=True)
+                            pending = pending[n:]
             conn.commit()
             yield Chunk(changes=pending, commit=Commit(position=str(pos), ts=time.time()), snapshot=True)
         finally:
@@ -874,6 +875,13 @@ class MySQLSource:
             raise self._stream_error(e, from_position) from None
         ck = dump.checksum
         cur_file, cur_off = start.file, start.offset
+        if mariadb and not start.gtid:
+            # a bare file:offset: seed the full GTID state there so the positions we emit carry every domain
+            try:
+                got = self._query("SELECT BINLOG_GTID_POS(%s, %s)", (start.file, start.offset))
+                start.gtid = str(got[0][0] or "") if got else ""
+            except pymysql.err.MySQLError:
+                pass
         maria_state = _maria_gtid_state(start.gtid) if mariadb and start.gtid else {}
         mysql_gtid = start.gtid if not mariadb else ""
         start_state = dict(maria_state)
