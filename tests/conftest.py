@@ -9,6 +9,7 @@ import pytest
 
 from erpsync.throwaway.postgres import ThrowawayPostgres
 from tests.erp import Erp, MariaErp, PostgresErp
+from tests.fixtures_mariadb import mariadb_db, mariadb_server  # noqa: F401
 
 _db_counter = itertools.count(1)
 
@@ -26,7 +27,7 @@ def pg_dsn(pg_server: ThrowawayPostgres) -> str:
     return pg_server.create_database(f"t{next(_db_counter)}")
 
 
-@pytest.fixture(params=["postgres"])  # "mysql" joins once its fixture lands
+@pytest.fixture(params=["postgres", "mysql"])
 def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
     """The end-to-end ERP (a stock table) on each source database: the same tests run on both."""
     e: Erp
@@ -38,4 +39,3 @@ def erp(request: pytest.FixtureRequest) -> Iterator[Erp]:
     e.create_stock_table()
     yield e
     e.close()  # type: ignore[attr-defined]
-from tests.fixtures_mariadb import mariadb_db, mariadb_server  # noqa: E402, F401
