@@ -124,3 +124,17 @@ def test_shop_outage_is_absorbed_by_the_outbox_not_the_erp(erp: Erp, shop: Webho
         assert shop.stock() != erp.expected()
         shop.set_faults(rate_500=0.0)
         converge(erp, shop, timeout=90)
+
+
+def test_alter_table_add_column_mid_stream(erp: Erp, shop: WebhookEmulator, tmp_path) -> None:
+    rng = random.Random(8)
+    skus = erp.seed(30, rng)
+    with Running(erp.config(tmp_path, shop.endpoint)):
+        for _ in range(100):
+            erp.transaction(erp.random_transaction(rng, skus))
+        erp.execute("ALTER TABLE stock_levels ADD COLUMN lot_code VARCHAR(20)")
+        erp.execute("UPDATE stock_levels SET lot_code = 'L1', on_hand = on_hand + 1 WHERE sku = %s",
+                    (skus[0],))
+        for _ in range(100):
+            erp.transaction(erp.random_transaction(rng, skus))
+        converge(erp, shop)
