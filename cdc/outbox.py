@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS sink_status (
 """
 
 
+_IN_BATCH = 500  # SKUs per IN (...) look-up (well under SQLite's host-parameter limit)
+
+
 def connect(path: str | Path, *, durable: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode (we issue BEGIN ourselves), WAL, with a generous busy timeout."""
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
@@ -132,23 +135,32 @@ class Outbox:
         # its versions, or a later value of the same key could get a version its delivery already reached.
         top = cur.execute("SELECT max(version) FROM facts").fetchone()[0]
         self._version = max(self._version, int(top or 0))
+        batch = facts if isinstance(facts, list) else list(facts)
+        if not batch:
+            return 0
+        # The stored values of the whole batch in a few IN (...) look-ups, not one SELECT per fact.
+        stored = self._stored_values(cur, batch)
         changed = 0
         now = time.time()
         fact_rows = []
         deliveries = []
-        for f in facts:
+        targets = {kind: [s for s, kinds in self.sink_kinds.items() if kind in kinds]
+                   for kind in {f.key.kind for f in batch}}
+        version = self._version
+        for f in batch:
             k = f.key
-            encoded = encode_value(f.value)
-            row = cur.execute("SELECT value FROM facts WHERE kind=? AND sku=? AND scope=?",
-                              (k.kind, k.sku, k.scope)).fetchone()
-            if row is not None and row[0] == encoded:
+            value = f.value
+            avail = value.get("available") if len(value) == 1 else None
+            # stock fast path: byte-identical to encode_value()'s json.dumps for {"available": <int>}
+            encoded = (f'{{"available":{avail}}}' if type(avail) is int else encode_value(value))
+            if stored.get((k.kind, k.sku, k.scope)) == encoded:
                 continue
-            self._version += 1
+            version += 1
             changed += 1
-            fact_rows.append((k.kind, k.sku, k.scope, encoded, self._version, f.position, f.commit_ts, now))
-            for sink, kinds in self.sink_kinds.items():
-                if k.kind in kinds:
-                    deliveries.append((sink, k.kind, k.sku, k.scope, self._version))
+            fact_rows.append((k.kind, k.sku, k.scope, encoded, version, f.position, f.commit_ts, now))
+            for sink in targets[k.kind]:
+                deliveries.append((sink, k.kind, k.sku, k.scope, version))
+        self._version = version
         if fact_rows:
             cur.executemany(
                 "INSERT INTO facts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(kind, sku, scope) DO UPDATE SET "
@@ -160,6 +172,28 @@ class Outbox:
                 "ON CONFLICT(sink, kind, sku, scope) DO UPDATE SET want=excluded.want, attempts=0, "
                 "next_at=0", deliveries)
         return changed
+
+    @staticmethod
+    def _stored_values(cur: sqlite3.Cursor, batch: list[Fact]) -> dict[tuple[str, str, str], str]:
+        """{(kind, sku, scope): stored value} for the batch's keys (a key prefix look-up per SKU: a SKU has
+        few scopes, so the extra rows are cheap, and the primary key serves the IN directly)."""
+        skus: dict[str, dict[str, None]] = {}
+        for f in batch:
+            k = f.key
+            per_kind = skus.get(k.kind)
+            if per_kind is None:
+                per_kind = skus[k.kind] = {}
+            per_kind[k.sku] = None
+        out: dict[tuple[str, str, str], str] = {}
+        for kind, names in skus.items():
+            todo = list(names)
+            for i in range(0, len(todo), _IN_BATCH):
+                part = todo[i:i + _IN_BATCH]
+                q = ("SELECT sku, scope, value FROM facts WHERE kind=? AND sku IN "
+                     f"({','.join('?' * len(part))})")
+                for sku, scope, value in cur.execute(q, (kind, *part)):
+                    out[(kind, sku, scope)] = value
+        return out
 
     def facts(self, kind: str | None = None) -> Iterator[Fact]:
         q = "SELECT kind, sku, scope, value, version, position, commit_ts FROM facts"

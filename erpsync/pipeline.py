@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from cdc.changes import Chunk, Source
@@ -26,6 +28,8 @@ from erpsync.ops_server import OpsServer
 from sinks.base import Sink
 
 log = logging.getLogger("erpsync.pipeline")
+
+_TABLE_OP = attrgetter("source.table", "op")
 
 
 def source_id(cfg: Config) -> str:
@@ -169,11 +173,8 @@ class Pipeline:
         for f in self.normalizer.apply(chunk.changes, pos, ts):
             into[f.key] = f
         self.stats.changes += len(chunk.changes)
-        counts: dict[tuple[str, str], int] = {}
-        for c in chunk.changes:
-            k = (c.source.table, c.op)
-            counts[k] = counts.get(k, 0) + 1
-        for (table, op), cnt in counts.items():
+        # Counted per chunk in C (Counter over an attrgetter), not with a Python loop per row.
+        for (table, op), cnt in Counter(map(_TABLE_OP, chunk.changes)).items():
             metrics.changes_total.labels(table, op).inc(cnt)
         return into
 
