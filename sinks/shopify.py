@@ -587,9 +587,9 @@ class ShopifySink(Sink):
     def _snapshot_bulk(self) -> Iterator[tuple[dict[str, Any], list[tuple[str, int]]]]:
         name = self.cfg.quantity_name
         inner = (
-            "{ productVariants { edges { node { id sku price compareAtPrice inventoryItem { id inventoryLevels"
-            " "
-            f'{{ edges {{ node {{ location {{ id }} quantities(names: ["{name}"]) {{ name quantity }} }} }} }}'
+            "{ productVariants { edges { node { id sku price compareAtPrice inventoryItem { id "
+            "inventoryLevels { edges { node { location { id } "
+            f'quantities(names: ["{name}"]) {{ name quantity }} }} }} }}'
             " } } } } }"
         )
         run = (
