@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from typing import Any
 
 import yaml
@@ -87,6 +88,7 @@ class Erp:
                       "quantity": "on_hand - reserved", "locations": LOCATIONS, "safety_stock": SAFETY},
             "sinks": [{"name": "shop", "kind": "webhook", "url": shop_url, "timeout_seconds": 2}],
             "outbox": {"path": str(tmp_path / "outbox.db"), **outbox},
+            "ops": {"listen": "127.0.0.1:0"},  # tests run side by side: never fight over the default port
         }
         path = tmp_path / "erpsync.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -122,6 +124,16 @@ class PostgresErp(Erp):
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def close(self) -> None:
+        # Slot names are cluster-wide: free this database's slots for the next test.
+        for _ in range(50):
+            self.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                         "WHERE database = current_database() AND active_pid IS NOT NULL")
+            try:
+                self.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                             "WHERE database = current_database()")
+                break
+            except Exception:  # still active for a moment after its walsender was told to stop
+                time.sleep(0.1)
         self.conn.close()
 
 
