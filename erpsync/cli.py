@@ -111,15 +111,50 @@ def run(config: str, drain_seconds: float) -> None:
         from reconciler.schedule import start_thread
 
         start_thread(cfg.reconcile.schedule, scheduled_job(cfg), stop)
-    try:
-        pipeline = Pipeline(cfg, drain_seconds=drain_seconds, serve_ops=True)
-        stats = pipeline.run(stop)
-    except SourceError as e:
-        raise Fail(str(e)) from None
-    except OpsListenError as e:
-        raise Fail(f"{config}: {e} (set ops.listen to a free host:port)") from None
+    streamed = False
+    attempt = 0
+    pipeline: Any = None
+    while True:
+        # The ERP may restart or drop us: reconnect with backoff from the stored position (nothing is
+        # confirmed beyond the outbox, so a reconnect can only re-read, never skip). Configuration and
+        # prerequisite problems stop the service instead, with the message saying what to fix.
+        pipeline = None
+        try:
+            pipeline = Pipeline(cfg, drain_seconds=drain_seconds, serve_ops=True)
+            stats = pipeline.run(stop)
+            break
+        except OpsListenError as e:
+            raise Fail(f"{config}: {e} (set ops.listen to a free host:port)") from None
+        except SourceError as e:
+            if not (streamed and "cannot connect" in str(e)):
+                raise Fail(str(e)) from None
+            reason: Exception = e
+        except _transient_errors() as e:
+            reason = e
+        progressed = pipeline is not None and pipeline.stats.position is not None
+        streamed = streamed or progressed
+        if stop.is_set():
+            return
+        attempt = 1 if progressed else attempt + 1
+        delay = min(30.0, 0.5 * 2 ** (attempt - 1))
+        log.warning("source connection lost (%s); reconnecting in %.1fs", _short(reason), delay)
+        stop.wait(delay)
     log.info("stopped", extra={"fields": {"transactions": stats.transactions, "changes": stats.changes,
                                           "position": stats.position}})
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which `run` reconnects instead of exiting: the connection, not the config, failed."""
+    import psycopg2
+    import pymysql
+
+    return (ConnectionError, TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError,
+            pymysql.err.OperationalError, pymysql.err.InterfaceError)
+
+
+def _short(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 @main.command()

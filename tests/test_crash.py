@@ -107,3 +107,34 @@ def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> No
         log = (tmp_path / "run.log").read_text(errors="replace")
         if os.environ.get("ERPSYNC_TEST_SHOW_LOG"):
             print(log[-5000:])
+
+
+def test_erp_server_restarts_are_survived(tmp_path: Path) -> None:
+    """PostgreSQL restarted twice under a running `erpsync run`: it reconnects and loses nothing."""
+    from erpsync.throwaway.postgres import ThrowawayPostgres
+
+    rng = random.Random(5)
+    with ThrowawayPostgres() as pg:
+        erp = PostgresErp(pg.create_database("erp"))
+        erp.create_stock_table()
+        skus = erp.seed(100, rng)
+        shop = WebhookEmulator()
+        shop.start()
+        proc = start(erp.config(tmp_path, shop.endpoint), tmp_path / "run.log")
+        try:
+            assert wait_for(lambda: outbox_position(tmp_path / "outbox.db") is not None, timeout=60)
+            for _round in range(2):
+                for _ in range(200):
+                    erp.transaction(erp.random_transaction(rng, skus))
+                erp.conn.close()
+                pg.restart()
+                erp.conn = PostgresErp(erp.dsn).conn
+            for _ in range(200):
+                erp.transaction(erp.random_transaction(rng, skus))
+            expected = erp.expected()
+            assert wait_for(lambda: shop.stock() == expected, timeout=120), "shop did not converge"
+            assert proc.poll() is None, "erpsync run exited instead of reconnecting"
+        finally:
+            proc.kill()
+            shop.stop()
+            erp.close()

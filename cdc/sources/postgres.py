@@ -353,8 +353,11 @@ class PostgresSource:
                          "publication_names": f'"{pub}"', "messages": "true"})
         except psycopg2.Error as e:
             self._close_repl()
+            reason = (e.pgerror or str(e)).strip()
+            if "is active for PID" in reason:  # our previous, killed process's walsender is still exiting
+                raise ReplicationConnectionLost(f"slot {self.config.slot!r} still busy: {reason}") from None
             raise SourceError(f"could not start replication from slot {self.config.slot!r} at "
-                              f"{from_position}: {(e.pgerror or str(e)).strip()}") from None
+                              f"{from_position}: {reason}") from None
         self._cur = cur
         dec = PgOutputDecoder(db=self.db, type_resolver=self._base_type, key_resolver=self._full_key)
         decode_row, decode = dec.decode_row, dec.decode
