@@ -84,6 +84,38 @@ _ROUNDING = {
 }
 
 
+CACHE_ENTRIES = 50_000  # per cache generation: hot rows and sums stay in memory, the store holds them all
+
+
+class _Cache:
+    """Committed state kept in memory across commits, bounded: two generations of at most ``size``
+    entries; when the young one fills, the old one is dropped (cheaper than an exact LRU, same bound)."""
+
+    __slots__ = ("old", "size", "young")
+
+    def __init__(self, size: int = CACHE_ENTRIES) -> None:
+        self.size = size
+        self.young: dict[Any, Any] = {}
+        self.old: dict[Any, Any] = {}
+
+    def get(self, key: Any, default: Any = KeyError) -> Any:
+        if key in self.young:
+            return self.young[key]
+        if key in self.old:
+            value = self.old[key]
+            self.put(key, value)
+            return value
+        return default
+
+    def put(self, key: Any, value: Any) -> None:
+        self.young[key] = value
+        if len(self.young) >= self.size:
+            self.old, self.young = self.young, {}
+
+    def clear(self) -> None:
+        self.young, self.old = {}, {}
+
+
 def table_name(name: str, default_schema: str = "public") -> str:
     return name if "." in name else f"{default_schema}.{name}"
 
@@ -213,6 +245,9 @@ class Normalizer:
         conn.executescript(STATE_SCHEMA)
         self.clamped = 0  # how many times a negative sum was clamped to 0 (a metric)
         self.data_errors = 0
+        self._row_cache = {"stock": _Cache(), "price": _Cache()}
+        self._sum_cache = _Cache()
+        self._lk_cache = _Cache()
         self.discard()
 
     # --------------------------------------------------------------------------------------------
@@ -232,6 +267,12 @@ class Normalizer:
         return len(self._rows["stock"]) + len(self._rows["price"]) + len(self._sums) + len(self._lk)
 
     def discard(self) -> None:
+        """Forget everything not yet committed (and the caches, which may have seen it)."""
+        for c in (*self._row_cache.values(), self._sum_cache, self._lk_cache):
+            c.clear()
+        self._reset_overlay()
+
+    def _reset_overlay(self) -> None:
         self._rows: dict[str, dict[str, Row | None]] = {"stock": {}, "price": {}}
         self._sums: dict[tuple[str, str], list[Any]] = {}  # (sku, loc) -> [qty, {safety: count} | None]
         self._lk: dict[tuple[str, str], tuple[dict[str, Any], Any] | None] = {}
@@ -275,6 +316,10 @@ class Normalizer:
         cols = (m.key if m is not None else None) or list(change.key)
         if not cols:  # no key: the whole mapped row identifies it (only safe for insert-only tables)
             cols = self.stock_cols if kind == "stock" else self.price_cols
+        if len(cols) == 1:
+            v = row.get(cols[0])
+            if type(v) is int:  # the common integer primary key; same text as the JSON form below
+                return f"[{v}]"
         return json.dumps([_plain(row.get(c)) for c in cols], separators=(",", ":"))
 
     def _row_run(
@@ -329,7 +374,8 @@ class Normalizer:
 
     def _evaluate(self, kind: str, rowkey: str, cols: dict[str, Any]) -> Row:
         rules = self.stock_rules if kind == "stock" else self.price_rules
-        deps = tuple(
+        uses_lookups = self._stock_lk if kind == "stock" else self._price_lk
+        deps = () if not uses_lookups else tuple(
             sorted(
                 {
                     (self.lookups[n].src, _lkey(k))
@@ -498,7 +544,15 @@ class Normalizer:
             self._load_lookups(name, [k for k in keys if (name, k) not in self._lk])
 
     def _load_lookups(self, name: str, keys: list[str]) -> None:
-        missing = [k for k in keys if (name, k) not in self._lk]
+        missing = []
+        for k in keys:
+            if (name, k) in self._lk:
+                continue
+            hit = self._lk_cache.get((name, k))
+            if hit is KeyError:
+                missing.append(k)
+            else:
+                self._lk[(name, k)] = hit
         for i in range(0, len(missing), _IN_BATCH):
             part = missing[i : i + _IN_BATCH]
             found = {
@@ -538,6 +592,11 @@ class Normalizer:
 
     def _sum(self, key: tuple[str, str]) -> list[Any]:
         s = self._sums.get(key)
+        if s is None and "stock" not in self._truncated:
+            hit = self._sum_cache.get(key)
+            if hit is not KeyError:
+                s = self._sums[key] = [hit[0], dict(hit[1])]
+                return s
         if s is None:
             row = (
                 None
@@ -571,11 +630,13 @@ class Normalizer:
     ) -> list[Fact]:
         facts = []
         m = self.stock_map
+        assert m is not None
+        safety_for = m.safety_for
+        zero = Decimal(0)
         for k in touched:
-            assert m is not None
             total, safeties = self._sums[k]
-            per_sku = max((Decimal(x) for x in safeties), default=Decimal(0))
-            available = math.floor(total - per_sku) - m.safety_for(k[1])
+            per_sku = max((Decimal(x) for x in safeties), default=zero) if safeties else zero
+            available = math.floor(total - per_sku) - safety_for(k[1])
             if available < 0:
                 if total < 0:
                     self.clamped += 1
@@ -700,6 +761,16 @@ class Normalizer:
         if kind in self._truncated:  # the table was emptied after what the store holds
             rows.update(dict.fromkeys(missing))
             return
+        cache = self._row_cache[kind]
+        if missing:
+            uncached = []
+            for k in missing:
+                hit = cache.get(k)
+                if hit is KeyError:
+                    uncached.append(k)
+                else:
+                    rows[k] = hit
+            missing = uncached
         for i in range(0, len(missing), _IN_BATCH):
             part = missing[i : i + _IN_BATCH]
             marks = ",".join("?" * len(part))
@@ -847,7 +918,20 @@ class Normalizer:
             c.executemany("INSERT OR IGNORE INTO state_price_timers VALUES (?,?,?)", sorted(self._timers))
         if self._errors:
             c.executemany("INSERT OR REPLACE INTO data_errors VALUES (?,?,?,?)", self._errors)
-        self.discard()
+        # What was just written is what the store holds: keep it warm for the next commits.
+        for kind in ("stock", "price"):
+            cache = self._row_cache[kind]
+            if kind in self._truncated:
+                cache.clear()
+            for k, v in self._rows[kind].items():
+                cache.put(k, v)
+        if "stock" in self._truncated:
+            self._sum_cache.clear()
+        for k, v in self._sums.items():
+            self._sum_cache.put(k, (v[0], dict(v[1])))
+        for k in self._lk_dirty:
+            self._lk_cache.put(k, self._lk[k])
+        self._reset_overlay()
 
 
 class StockNormalizer(Normalizer):
