@@ -189,7 +189,7 @@ def emulate(platform: str, port: int, host: str, skus: int, secret_env: str | No
             raise Fail(f"unknown platform {platform!r}", 2) from None
         try:
             emu = make_emulator(platform, skus=skus)
-        except KeyError:
+        except (KeyError, ValueError):
             raise Fail(f"unknown platform {platform!r}", 2) from None
     click.echo(f"{platform} emulator on http://{host}:{port} (Ctrl-C to stop)", err=True)
     with contextlib.suppress(KeyboardInterrupt):
