@@ -77,7 +77,8 @@ def test_databases_are_configured_for_cdc() -> None:
     for opt in ("--log-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL"):
         assert opt in maria
     schema = host_path("postgres", "/docker-entrypoint-initdb.d/01-schema.sql")
-    assert "CREATE TABLE stock_levels" in schema.read_text()
+    cfg_tables = ("stock_quant", "product_product", "stock_location", "product_pricelist_item")
+    assert all(f"CREATE TABLE {t}" in schema.read_text() for t in cfg_tables)
 
 
 def test_erpsync_service_config_lines_up(monkeypatch: pytest.MonkeyPatch) -> None:
