@@ -244,17 +244,18 @@ def _outbox_conn(config: str) -> Any:
 def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
     """List dead letters (oldest first)."""
     from cdc.outbox import dlq_list
+    from erpsync.logs import redact
 
     rows = dlq_list(_outbox_conn(config), sink)
-    if as_json:
-        click.echo(json.dumps(rows, default=str, indent=2))
+    if as_json:  # redacted: a shop's error text may echo our token or signature back
+        click.echo(redact(json.dumps(rows, default=str, indent=2)))
         return
     if not rows:
         click.echo("dead-letter table is empty")
         return
     for r in rows:
-        click.echo(f"{r['sink']:<14} {r['kind']:<6} {r['sku']:<24} {r['scope']:<12} v{r['version']:<8} "
-                   f"tries={r['attempts']:<3} {r['error']}")
+        click.echo(redact(f"{r['sink']:<14} {r['kind']:<6} {r['sku']:<24} {r['scope']:<12} "
+                          f"v{r['version']:<8} tries={r['attempts']:<3} {r['error']}"))
 
 
 @dlq.command("retry")

@@ -92,6 +92,18 @@ def retry_after_seconds(resp: httpx.Response) -> float | None:
         return None
 
 
+def describe_transport_error(e: httpx.TransportError) -> str:
+    """Why a request got no answer. A TLS verification failure says so and names the fix: it is a
+    configuration problem, not a flaky network, even though it is retried like one."""
+    err: BaseException | None = e
+    while err is not None:
+        if isinstance(err, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+            why = getattr(err, "verify_message", None) or "certificate verify failed"
+            return f"TLS certificate verification failed ({why}): set ca_file to the shop's CA bundle"
+        err = err.__cause__ or err.__context__
+    return f"connection error: {type(e).__name__}"
+
+
 def is_retryable_status(status: int) -> bool:
     return status in (408, 425, 429) or status >= 500
 

@@ -23,6 +23,7 @@ from sinks.base import (
     PushResult,
     Sink,
     describe_http_error,
+    describe_transport_error,
     http_client,
     is_retryable_status,
     retry_after_seconds,
@@ -56,7 +57,7 @@ class WebhookSink(Sink):
         except httpx.TimeoutException:
             return self.all(facts, Outcome.RETRY, "timeout")
         except httpx.TransportError as e:
-            return self.all(facts, Outcome.RETRY, f"connection error: {type(e).__name__}")
+            return self.all(facts, Outcome.RETRY, describe_transport_error(e))
         if 200 <= resp.status_code < 300:
             return self._per_item(facts, resp)
         if is_retryable_status(resp.status_code):

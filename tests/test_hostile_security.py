@@ -1,0 +1,176 @@
+"""Security checks: TLS verified by default, secrets never printed, ops endpoint on loopback, SQL built from
+config quoted (a quote in a table name does not inject)."""
+
+from __future__ import annotations
+
+import sqlite3
+import ssl
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cdc.outbox import Outbox, SinkQueue
+from erpsync.cli import main
+from erpsync.config import OpsConfig, load_config_text
+from erpsync.facts import stock_fact
+from sinks.base import Outcome
+from sinks.config import WebhookSinkConfig
+from sinks.emulators.base import Response
+from sinks.emulators.webhook import WebhookEmulator
+from sinks.webhook import WebhookSink
+from tests.erp import PostgresErp
+
+
+def cli(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(main, ["--log-format", "text", *args])
+    return r.exit_code, r.output
+
+
+def make_certs(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=erpsync test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_tls_is_verified_by_default_and_ca_file_makes_it_pass(tmp_path: Path) -> None:
+    ca, cert, key = make_certs(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    shop = WebhookEmulator()
+    shop.start(ssl_context=ctx)
+    try:
+        assert shop.endpoint.startswith("https://127.0.0.1:")
+        fact = stock_fact("SKU-1", "madrid", 3, version=1)
+        strict = WebhookSink(WebhookSinkConfig(name="shop", url=shop.endpoint))
+        assert strict.cfg.verify_tls is True  # the default
+        [r] = strict.push([fact])
+        strict.close()
+        assert r.outcome is Outcome.RETRY  # kept in the outbox, never dropped
+        assert "TLS certificate verification failed" in r.message and "ca_file" in r.message
+        assert shop.stock() == {}
+        trusting = WebhookSink(WebhookSinkConfig(name="shop", url=shop.endpoint, ca_file=str(ca)))
+        [r] = trusting.push([fact])
+        trusting.close()
+        assert r.outcome is Outcome.OK, r.message
+        assert shop.stock() == {("SKU-1", "madrid"): 3}
+    finally:
+        shop.stop()
+
+
+def test_ops_endpoint_and_emulator_default_to_loopback() -> None:
+    assert OpsConfig().listen.startswith("127.0.0.1:")
+    emulate = main.commands["emulate"]
+    host = next(p for p in emulate.params if p.name == "host")
+    assert host.default == "127.0.0.1"
+
+
+def test_secret_in_wrongly_typed_config_value_is_not_echoed(tmp_path: Path) -> None:
+    token = f"tok-{uuid.uuid4().hex}"
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({
+        "source": {"kind": "postgres", "dsn": "host=x", "slot": ["not", "a", token]},
+        "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q"},
+        "sinks": [{"name": "s", "kind": "webhook", "url": "http://x", "timeout_seconds": token}]}))
+    code, out = cli("config", "validate", "--offline", str(p))
+    assert code == 2
+    assert "source.slot" in out and "sinks[0].timeout_seconds" in out
+    assert token not in out
+
+
+def test_shop_error_echoing_the_secret_is_redacted_in_dlq_list(tmp_path: Path) -> None:
+    """Some shops echo request headers in error bodies: the dead-letter text must not print the secret."""
+    secret = f"hook-{uuid.uuid4().hex}"
+
+    class Echo(WebhookEmulator):
+        def handle(self, req):  # type: ignore[no-untyped-def]
+            sig = req.headers.get("x-erpsync-signature")
+            return Response(400, {"error": f"bad request, signature {sig}, secret {secret}"})
+
+    shop = Echo()
+    shop.start()
+    try:
+        outbox = tmp_path / "outbox.db"
+        cfg = {"source": {"kind": "postgres", "dsn": "host=127.0.0.1"},
+               "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q",
+                         "locations": {"W": "m"}},
+               "sinks": [{"name": "shop", "kind": "webhook", "url": shop.endpoint,
+                          "secret": "${HOOK_SECRET}"}],
+               "outbox": {"path": str(outbox)}}
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        ob = Outbox(outbox, {"shop": ["stock"]})
+        ob.begin()
+        ob.write_facts([stock_fact("SKU-1", "madrid", 3)])
+        ob.commit()
+        ob.close()
+        sink = WebhookSink(WebhookSinkConfig(name="shop", url=shop.endpoint, secret=secret))
+        q = SinkQueue(outbox, "shop")
+        [p] = q.next_batch(10)
+        [r] = sink.push([p.fact])
+        assert r.outcome is Outcome.PERMANENT and secret in r.message  # the shop really echoed it
+        q.mark_dead([(p.fact, 1, r.message)])
+        q.close()
+        sink.close()
+        import os
+
+        os.environ["HOOK_SECRET"] = secret
+        try:
+            code, out = cli("dlq", "list", "--config", str(path))
+            code_j, out_j = cli("dlq", "list", "--json", "--config", str(path))
+        finally:
+            del os.environ["HOOK_SECRET"]
+        assert code == 0 and code_j == 0, out + out_j
+        assert "SKU-1" in out and "SKU-1" in out_j
+        assert secret not in out and secret not in out_j
+    finally:
+        shop.stop()
+
+
+@pytest.mark.parametrize("table", ['stock_levels"; DROP TABLE canary; --',
+                                   "stock_levels'; DROP TABLE canary; --"])
+def test_table_name_with_a_quote_does_not_inject(pg_dsn: str, tmp_path: Path, table: str) -> None:
+    erp = PostgresErp(pg_dsn)
+    erp.create_stock_table()
+    erp.execute("CREATE TABLE canary (x int)")
+    cfg = yaml.safe_load(Path(erp.config(tmp_path, "http://127.0.0.1:9/hook")).read_text())
+    cfg["stock"]["table"] = f"public.{table}"
+    path = tmp_path / "inj.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    try:
+        code, out = cli("config", "validate", str(path))
+        assert code == 2 and "stock.table" in out, out
+        from cdc.snapshot_sql import facts_select
+
+        sql = facts_select(load_config_text(path.read_text(), str(path)), "postgres")["stock"]
+        # the snapshot SELECT names one odd table; it injects nothing
+        with erp.conn.cursor() as cur, pytest.raises(Exception, match="does not exist"):
+            cur.execute(sql)
+        assert erp.query("SELECT count(*) FROM canary") == [(0,)]
+    finally:
+        erp.close()
+
+
+def test_outbox_identifiers_from_config_are_bound_not_formatted(tmp_path: Path) -> None:
+    """A sink name is a value in the outbox's SQL (bound), never part of the statement."""
+    ob = Outbox(tmp_path / "o.db", {"x'); DROP TABLE facts; --": ["stock"]})
+    ob.begin()
+    ob.write_facts([stock_fact("A", "m", 1)])
+    ob.commit()
+    ob.close()
+    conn = sqlite3.connect(tmp_path / "o.db")
+    assert conn.execute("SELECT count(*) FROM facts").fetchone() == (1,)
+    assert conn.execute("SELECT sink FROM deliveries").fetchone() == ("x'); DROP TABLE facts; --",)
