@@ -51,19 +51,6 @@ class MagentoEmulator(Emulator):
         self.max_list_items, self.max_page_size = max_list_items, max_page_size
         self.reset()
 
-    # TODO(base): drop once sinks/emulators/base.py sets disable_nagle_algorithm on its handler. Without
-    # TCP_NODELAY every answer (headers and body are two writes) waits ~40 ms for the client's delayed ACK.
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        url = super().start(port, host)
-        assert self.server is not None
-        self.server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return url
-
-    def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
-        self.start(port, host)
-        assert self._thread is not None
-        self._thread.join()
-
     def reset(self) -> None:
         self.limiter = RateLimit(self.rate_limit)
         self.products = {

@@ -66,19 +66,6 @@ class PrestaShopEmulator(Emulator):
         self.auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         self.reset()
 
-    # TODO(base): drop once sinks/emulators/base.py sets disable_nagle_algorithm on its handler. Without
-    # TCP_NODELAY every answer (headers and body are two writes) waits ~40 ms for the client's delayed ACK.
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        url = super().start(port, host)
-        assert self.server is not None
-        self.server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return url
-
-    def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
-        self.start(port, host)
-        assert self._thread is not None
-        self._thread.join()
-
     def shop_id(self, name: str) -> str:
         return str(next(k for k, v in self.shops.items() if v == name))
 

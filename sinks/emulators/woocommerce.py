@@ -74,19 +74,6 @@ class WooCommerceEmulator(Emulator):
         self.per_parent = variations_per_product
         self.reset()
 
-    # TODO(base): drop once sinks/emulators/base.py sets disable_nagle_algorithm on its handler. Without
-    # TCP_NODELAY every answer (headers and body are two writes) waits ~40 ms for the client's delayed ACK.
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        url = super().start(port, host)
-        assert self.server is not None
-        self.server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return url
-
-    def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
-        self.start(port, host)
-        assert self._thread is not None
-        self._thread.join()
-
     def meta_key(self, location: str) -> str:
         """How the sink's ``locations`` should map this location (``stock`` or ``meta:<key>``)."""
         return "stock" if location == self.location_names[0] else f"meta:_stock_{location}"
