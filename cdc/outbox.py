@@ -125,10 +125,15 @@ class Outbox:
                                 (key.kind, key.sku, key.scope)).fetchone()
         return decode_value(key.kind, row[0]) if row else None
 
-    def write_facts(self, facts: Iterable[Fact]) -> int:
+    def version_floor(self, floor: int) -> None:
+        """Let the next versions start above ``floor`` (NATS bus: time-based, so a replay after a crash
+        never reuses a version it published before with another value)."""
+        self._version = max(self._version, floor)
+
+    def write_facts(self, facts: Iterable[Fact], changed_out: list[Fact] | None = None) -> int:
         """Upsert facts inside the open transaction. Unchanged values are skipped (no new version, nothing
         to push); changed ones get the next version and are queued for every sink that takes their kind.
-        Returns how many changed."""
+        Returns how many changed; ``changed_out`` receives them with their versions (for a NATS bus)."""
         self.begin()
         cur = self.conn.cursor()
         # Another process may have written facts since we started (the reconciler's heal): continue above
@@ -158,6 +163,8 @@ class Outbox:
             version += 1
             changed += 1
             fact_rows.append((k.kind, k.sku, k.scope, encoded, version, f.position, f.commit_ts, now))
+            if changed_out is not None:
+                changed_out.append(Fact(k, value, version, f.position, f.commit_ts, f.extra))
             for sink in targets[k.kind]:
                 deliveries.append((sink, k.kind, k.sku, k.scope, version))
         self._version = version

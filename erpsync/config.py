@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cdc.mapping import LookupMapping, PriceMapping, StockMapping
 from cdc.rules import RuleError
-from cdc.sources.config import MySQLSourceConfig, PostgresSourceConfig
+from cdc.sources.config import DebeziumSourceConfig, MySQLSourceConfig, PostgresSourceConfig
 from reconciler.config import ReconcileConfig
 from sinks.config import SinkConfig
 
@@ -41,10 +41,32 @@ class OpsConfig(BaseModel):
         24.0, gt=0, description="how long erpsync may be down without losing the ERP log (doctor checks it)")
 
 
+class EmbeddedBusConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["embedded"] = "embedded"
+
+
+class NatsBusConfig(BaseModel):
+    """Scale-out: facts go to a JetStream stream partitioned by hash(sku); `erpsync worker` delivers them."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["nats"] = "nats"
+    url: str = Field("nats://127.0.0.1:4222", description="comma-separated server URLs of one cluster")
+    partitions: int = Field(8, ge=1, le=1024, description="fixed for the stream's life (hash(sku) % N)")
+    stream: str = Field("ERPSYNC_FACTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    replicas: int = Field(1, ge=1, le=5, description="JetStream replicas (3 on a 3-node cluster)")
+    duplicate_window_seconds: float = Field(
+        600.0, gt=0, description="JetStream drops a re-published msg id within this window (crash replays)")
+    max_in_flight: int = Field(1000, gt=0, description="publishes awaiting their ack at once")
+    publish_timeout_seconds: float = Field(
+        300.0, gt=0, description="keep retrying a batch (NATS down) this long before the reader fails")
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: PostgresSourceConfig | MySQLSourceConfig = Field(discriminator="kind")
+    source: PostgresSourceConfig | MySQLSourceConfig | DebeziumSourceConfig = Field(discriminator="kind")
+    bus: EmbeddedBusConfig | NatsBusConfig = Field(default_factory=EmbeddedBusConfig, discriminator="kind")
     lookups: dict[str, LookupMapping] = Field(
         default_factory=dict, description="name -> key/value table that rules read with lookup(name, expr)")
     stock: StockMapping | None = None
@@ -107,7 +129,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("postgres", "mysql", "webhook", "function-after", "function-before"):
+        elif part in ("postgres", "mysql", "debezium", "embedded", "nats", "webhook", "function-after",
+                      "function-before"):
             continue  # discriminator tags pydantic inserts into the path
         else:
             out += f".{part}" if out else str(part)

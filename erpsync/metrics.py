@@ -44,3 +44,20 @@ sink_last_error_timestamp = Gauge("erpsync_sink_last_error_timestamp", "Unix tim
                                   ["sink"], registry=REGISTRY)
 drift_items = Gauge("erpsync_drift_items", "Drift found by the last reconcile", ["sink", "kind"],
                     registry=REGISTRY)
+# Scale-out (bus: nats): per sink, partition and worker.
+bus_published_total = Counter("erpsync_bus_published_total", "Fact messages JetStream stored (reader)",
+                              registry=REGISTRY)
+bus_consumer_lag_messages = Gauge("erpsync_bus_consumer_lag_messages",
+                                  "Messages of a partition not yet acknowledged by its workers",
+                                  ["sink", "partition", "worker"], registry=REGISTRY)
+bus_consumer_lag_seconds = Gauge("erpsync_bus_consumer_lag_seconds",
+                                 "Age of the oldest message in the batch a worker is processing",
+                                 ["sink", "partition", "worker"], registry=REGISTRY)
+bus_redeliveries_total = Counter("erpsync_bus_redeliveries_total",
+                                 "Messages delivered again (a worker died, nak'd or timed out)",
+                                 ["sink", "partition", "worker"], registry=REGISTRY)
+bus_delivered_total = Counter("erpsync_bus_delivered_total", "Facts a worker got the shop to accept",
+                              ["sink", "partition", "worker"], registry=REGISTRY)
+bus_stale_total = Counter("erpsync_bus_stale_total",
+                          "Messages skipped: coalesced in a batch or older than the version delivered",
+                          ["sink", "partition", "worker"], registry=REGISTRY)

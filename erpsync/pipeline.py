@@ -34,6 +34,8 @@ _TABLE_OP = attrgetter("source.table", "op")
 
 def source_id(cfg: Config) -> str:
     s = cfg.source
+    if s.kind == "debezium":
+        return f"debezium:{s.transport}:{s.durable if s.transport == 'nats' else s.group_id}"
     return f"postgres:{s.slot}" if s.kind == "postgres" else f"mysql:{s.server_id}"
 
 
@@ -43,6 +45,10 @@ def make_source(cfg: Config, tables: list[str]) -> Source:
 
         register_secret(cfg.source.dsn.get_secret_value())
         return PostgresSource(cfg.source, tables)
+    if cfg.source.kind == "debezium":
+        from cdc.sources.debezium import DebeziumSource
+
+        return DebeziumSource(cfg.source, tables)
     from cdc.sources.mysql import MySQLSource
 
     register_secret(cfg.source.password.get_secret_value())
@@ -84,12 +90,16 @@ class Pipeline:
         self.drain_seconds = drain_seconds
         self.serve_ops = serve_ops  # the ops HTTP endpoint (cfg.ops.listen); `erpsync run` turns it on
         self.ops: OpsServer | None = None
-        self.outbox = Outbox(cfg.outbox_path(), {s.name: list(s.kinds) for s in cfg.sinks})
+        # bus=nats: `erpsync worker` delivers from JetStream, so the outbox queues nothing for the sinks
+        nats_bus = cfg.bus.kind == "nats"
+        queued = {} if nats_bus else {s.name: list(s.kinds) for s in cfg.sinks}
+        self.outbox = Outbox(cfg.outbox_path(), queued)
+        self.bus: Any = None  # NatsPublisher, connected in run()
         # stock + prices + lookups; `tables` lists every table it reads, lookup tables included
         self.normalizer = normalizer_for(cfg, self.outbox.conn)
         self.source = source or make_source(cfg, self.normalizer.tables)
         self.source_id = source_id(cfg)
-        self.sinks = sinks if sinks is not None else [make_sink(s) for s in cfg.sinks]
+        self.sinks = sinks if sinks is not None else [] if nats_bus else [make_sink(s) for s in cfg.sinks]
         self.deliverers = [
             Deliverer(s, cfg.outbox_path(), max_attempts=c.max_attempts)
             for s, c in zip(self.sinks, cfg.sinks, strict=False)
@@ -104,6 +114,10 @@ class Pipeline:
             if self.serve_ops:  # first, so /healthz answers during a long snapshot
                 self.ops = OpsServer(self.cfg.ops, self.cfg.outbox_path(), [s.name for s in self.cfg.sinks])
                 self.ops.start()
+            if self.cfg.bus.kind == "nats":
+                from erpsync.bus_nats import NatsPublisher
+
+                self.bus = NatsPublisher(self.cfg.bus, {s.name: list(s.kinds) for s in self.cfg.sinks})
             self.source.prepare()
             stored = self.outbox.position(self.source_id)
             if self.source.needs_snapshot(stored):
@@ -125,6 +139,8 @@ class Pipeline:
                     d.join(self.drain_seconds + 30)
             for s in self.sinks:
                 s.close()
+            if self.bus is not None:
+                self.bus.close()
             self._refresh_gauges()
             self.outbox.close()
             if self.ops is not None:
@@ -135,6 +151,9 @@ class Pipeline:
         """Initial load, in ONE outbox transaction: a half-done snapshot is never pushed to a shop."""
         log.info("snapshot starting", extra=fields(tables=self.normalizer.tables))
         self.outbox.reset()
+        if self.bus is not None:  # see _commit: an interrupted snapshot's msg ids are never reused
+            self.outbox.version_floor(time.time_ns() // 1000)
+        top = int(self.outbox.conn.execute("SELECT coalesce(max(version), 0) FROM facts").fetchone()[0])
         rows = 0
         started = time.monotonic()
         last_report = started
@@ -153,6 +172,8 @@ class Pipeline:
                 log.info("snapshot progress", extra=fields(rows=rows, rows_per_s=round(
                     rows / (last_report - started))))
             if chunk.commit is not None:
+                if self.bus is not None:  # in JetStream before the snapshot's position is committed
+                    self.bus.publish_outbox_since(self.outbox.conn, top)
                 self.outbox.set_position(self.source_id, chunk.commit.position, commit_ts=chunk.commit.ts)
                 self.outbox.commit()
                 self.source.ack(chunk.commit.position)
@@ -183,7 +204,15 @@ class Pipeline:
         self.outbox.begin()
         try:
             self.normalizer.flush()
-            n = self.outbox.write_facts(facts.values())
+            changed: list[Fact] | None = None
+            if self.bus is not None:
+                changed = []
+                # versions above any published before a crash (µs clock): a replay whose batch ends
+                # elsewhere can never reuse a msg id (key+version) for another value
+                self.outbox.version_floor(time.time_ns() // 1000)
+            n = self.outbox.write_facts(facts.values(), changed)
+            if changed:  # JetStream acked them all before the position is committed (and confirmed)
+                self.bus.publish(changed)
             if position is not None:
                 self.outbox.set_position(self.source_id, position, commit_ts=commit_ts)
             self.outbox.commit()
