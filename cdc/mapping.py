@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 Rounding = Literal["half_up", "down", "up", "floor", "ceiling"]
 
@@ -40,7 +40,8 @@ class StockMapping(_Strict):
     locations: dict[str, str] = Field(
         min_length=1, description="ERP warehouse code -> shop location; warehouses of one location are summed"
     )
-    safety_stock: int | dict[str, int] = Field(
+    # never negative: a negative safety stock would sell stock the ERP does not have
+    safety_stock: NonNegativeInt | dict[str, NonNegativeInt] = Field(
         0, description="subtracted from every location's sum; or a map shop location -> amount (missing: 0)"
     )
     safety_stock_per_sku: str | None = Field(

@@ -71,7 +71,15 @@ class WebhookSink(Sink):
         try:
             data = resp.json() if resp.content else None
         except ValueError:
+            # A plain "OK" is an acceptance; a JSON body we cannot parse was cut short (a proxy, a crash):
+            # we cannot tell what was applied, so send again (a set of the newest value is idempotent).
+            if "json" in resp.headers.get("content-type", ""):
+                return self.all(facts, Outcome.RETRY, f"HTTP {resp.status_code} with a truncated JSON body")
             data = None
+        if isinstance(data, dict) and data.get("errors") and "results" not in data:
+            # 200 with errors inside (GraphQL style): a failure, or alerts never fire
+            return self.all(facts, Outcome.RETRY,
+                            f"HTTP {resp.status_code} with errors: {str(data['errors'])[:300]}")
         results = data.get("results") if isinstance(data, dict) else None
         if not isinstance(results, list) or len(results) != len(facts):
             return self.all(facts, Outcome.OK)
