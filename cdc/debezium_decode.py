@@ -4,7 +4,8 @@ The standard envelope: ``{"schema": ..., "payload": {before, after, source, op, 
 alone (``value.converter.schemas.enable=false``). With the schema part, logical types are decoded:
 Decimal (base64 two's-complement bytes with ``scale``, or a string / double per decimal.handling.mode),
 VariableScaleDecimal, Timestamp (ms), MicroTimestamp (µs), NanoTimestamp, ZonedTimestamp (ISO text) and
-Date (days). Without it nothing says a string is a decimal: ``decimals`` (column → scale) names them.
+Date (days). In string mode, or without the schema part, nothing says a value is a decimal:
+``decimals`` (column → scale) names those columns.
 A tombstone (null value after a delete) decodes to None, as do logical-decoding messages (op "m").
 """
 
