@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import ssl
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from time import time
+from time import monotonic, sleep, time
 
 import httpx
 
@@ -122,3 +123,60 @@ def describe_http_error(resp: httpx.Response, limit: int = 300) -> str:
     if "html" in ctype:
         text = "HTML error page (not an API response)"
     return f"HTTP {resp.status_code}: {text}" if text else f"HTTP {resp.status_code}"
+
+
+class RetryLater(Exception):
+    """A transient failure of one request (timeout, 429, 5xx, proxy HTML page, refused credentials)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after, self.throttled = retry_after, throttled
+
+
+class Pacer:
+    """Client-side request spacing (``max_requests_per_second``), shared by the sink's threads."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next_at = 0.0
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = monotonic()
+            at = max(now, self.next_at)
+            self.next_at = at + self.interval
+        if at > now:
+            sleep(at - now)
+
+
+def newest_per_key(facts: list[Fact]) -> dict[FactKey, Fact]:
+    newest: dict[FactKey, Fact] = {}
+    for f in facts:  # the caller coalesces; this is the defensive second line
+        if f.key not in newest or f.version >= newest[f.key].version:
+            newest[f.key] = f
+    return newest
+
+
+def send(client: httpx.Client, pacer: Pacer, stats: dict[str, int], platform: str, method: str, url: str,
+         **kw: object) -> httpx.Response:
+    """One paced REST request. Raises RetryLater for what only time fixes (timeouts, dropped
+    connections, 429/5xx, a proxy's HTML page) and for refused credentials (an operator problem: the
+    facts stay queued rather than dead-lettered); any other answer is the caller's to read."""
+    pacer.wait()
+    try:
+        resp = client.request(method, url, **kw)  # type: ignore[arg-type]
+    except httpx.TimeoutException as e:
+        raise RetryLater(f"timeout talking to {platform} ({type(e).__name__})") from None
+    except httpx.TransportError as e:
+        raise RetryLater(f"connection problem talking to {platform} ({type(e).__name__})") from None
+    stats["calls"] += 1
+    if resp.status_code == 429:
+        stats["throttled"] += 1
+    if is_retryable_status(resp.status_code) or "html" in resp.headers.get("content-type", ""):
+        raise RetryLater(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
+    if resp.status_code in (401, 403):
+        raise RetryLater(f"{platform} refused the credentials ({describe_http_error(resp)})", 60.0)
+    return resp

@@ -22,24 +22,19 @@ import httpx
 from erpsync.facts import Fact, FactKey, price_fact, stock_fact
 from sinks.base import (
     Outcome,
+    Pacer,
     PushResult,
     Sink,
     SinkError,
     describe_http_error,
     http_client,
-    is_retryable_status,
-    retry_after_seconds,
+    newest_per_key,
+    send,
 )
+from sinks.base import RetryLater as _Retry
 from sinks.config import MagentoSinkConfig
-from sinks.woocommerce import Pacer, newest_per_key
 
 log = logging.getLogger(__name__)
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after, self.throttled = retry_after, throttled
 
 
 class _Refused(Exception):
@@ -85,23 +80,7 @@ class MagentoSink(Sink):
         self.client.close()
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        self.pacer.wait()
-        try:
-            resp = self.client.request(method, self.base + path, **kw)
-        except httpx.TimeoutException as e:
-            raise _Retry(f"timeout talking to Magento ({type(e).__name__})") from None
-        except httpx.TransportError as e:
-            raise _Retry(f"connection problem talking to Magento ({type(e).__name__})") from None
-        self.stats["calls"] += 1
-        if resp.status_code == 429:
-            self.stats["throttled"] += 1
-        if is_retryable_status(resp.status_code) or "html" in resp.headers.get("content-type", ""):
-            raise _Retry(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
-        if resp.status_code in (
-            401,
-            403,
-        ):  # token expired/revoked: an operator problem, keep the facts queued
-            raise _Retry(f"Magento refused the token ({describe_http_error(resp)})", 60.0)
+        resp = send(self.client, self.pacer, self.stats, "Magento", method, self.base + path, **kw)
         if resp.status_code >= 400:
             try:
                 body = resp.json()

@@ -32,18 +32,13 @@ from sinks.base import (
     is_retryable_status,
     retry_after_seconds,
 )
+from sinks.base import RetryLater as _Retry
 from sinks.config import ShopifySinkConfig
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_COST = 1000  # Shopify's single-query cost limit
 MAX_INLINE_THROTTLE_WAIT = 10.0  # wait this long inside push for a throttled request; beyond, hand back RETRY
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after, self.throttled = retry_after, throttled
 
 
 class _Permanent(Exception):

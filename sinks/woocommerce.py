@@ -10,7 +10,6 @@ shop location to ``stock`` (core ``stock_quantity``, sent with ``manage_stock: t
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -21,55 +20,24 @@ import httpx
 from erpsync.facts import Fact, FactKey, price_fact, stock_fact
 from sinks.base import (
     Outcome,
+    Pacer,
     PushResult,
     Sink,
     SinkError,
     describe_http_error,
     http_client,
-    is_retryable_status,
-    retry_after_seconds,
+    newest_per_key,
+    send,
 )
+from sinks.base import RetryLater as _Retry
 from sinks.config import WooCommerceSinkConfig
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 100
 
 
-class _Retry(Exception):
-    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after, self.throttled = retry_after, throttled
-
-
 class _Permanent(Exception):
     pass
-
-
-class Pacer:
-    """Client-side request spacing (``max_requests_per_second``), shared by the sink's threads."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_at = 0.0
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self.lock:
-            now = time.monotonic()
-            at = max(now, self.next_at)
-            self.next_at = at + self.interval
-        if at > now:
-            time.sleep(at - now)
-
-
-def newest_per_key(facts: list[Fact]) -> dict[FactKey, Fact]:
-    newest: dict[FactKey, Fact] = {}
-    for f in facts:  # the caller coalesces; this is the defensive second line
-        if f.key not in newest or f.version >= newest[f.key].version:
-            newest[f.key] = f
-    return newest
 
 
 class WooCommerceSink(Sink):
@@ -92,20 +60,7 @@ class WooCommerceSink(Sink):
         self.client.close()
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        self.pacer.wait()
-        try:
-            resp = self.client.request(method, self.base + path, **kw)
-        except httpx.TimeoutException as e:
-            raise _Retry(f"timeout talking to WooCommerce ({type(e).__name__})") from None
-        except httpx.TransportError as e:
-            raise _Retry(f"connection problem talking to WooCommerce ({type(e).__name__})") from None
-        self.stats["calls"] += 1
-        if resp.status_code == 429:
-            self.stats["throttled"] += 1
-        if is_retryable_status(resp.status_code) or "html" in resp.headers.get("content-type", ""):
-            raise _Retry(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
-        if resp.status_code in (401, 403):  # operator problem: keep the facts queued rather than dead-letter
-            raise _Retry(f"WooCommerce refused the credentials ({describe_http_error(resp)})", 60.0)
+        resp = send(self.client, self.pacer, self.stats, "WooCommerce", method, self.base + path, **kw)
         if resp.status_code >= 400:
             raise _Permanent(_woo_message(resp))
         return resp
