@@ -10,6 +10,7 @@ import contextlib
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -163,9 +164,13 @@ class Emulator:
         return Response(404, {"error": "unknown control endpoint"})
 
     # serving --------------------------------------------------------------------------------------
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        """Serve in a background thread; returns the base URL."""
+    def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> str:
+        """Serve in a background thread; returns the base URL. With ``ssl_context`` it serves HTTPS (the
+        TLS tests: a self-signed shop must be refused unless its CA is configured)."""
         self.server = _Server((host, port), _handler_for(self))
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+            self.server.tls = True
         self._thread = threading.Thread(target=self.server.serve_forever, name=f"emu-{self.platform}",
                                         daemon=True)
         self._thread.start()
@@ -175,7 +180,7 @@ class Emulator:
     def url(self) -> str:
         assert self.server is not None
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.server.tls else 'http'}://{host}:{port}"
 
     def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
         self.server = _Server((host, port), _handler_for(self))
@@ -190,6 +195,7 @@ class Emulator:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    tls = False
     allow_reuse_address = True
     request_queue_size = 128
 
