@@ -912,7 +912,13 @@ class MySQLSource:
             if pkt[0] != 0:
                 if pkt[0] == 0xFF:
                     raise self._stream_error(_server_error(pkt), from_position)
-                return  # EOF: only in non-blocking mode
+                if self._closed:
+                    return
+                # The stream's dump is blocking: the server sends EOF only when it shuts down. Ending the
+                # stream here made `erpsync run` exit 0 ("stopped") on a MariaDB restart, which a
+                # supervisor with Restart=on-failure does not restart. A lost connection: reconnect.
+                raise ConnectionError(f"the server at {self.cfg.host}:{self.cfg.port} ended the binlog dump "
+                                      "(shutdown or restart)")
             etype = pkt[5]
             end = len(pkt) - ck
             flags = _U16(pkt, 18)[0]

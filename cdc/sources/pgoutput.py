@@ -11,6 +11,7 @@ session settings ``TimeZone=UTC``, ``DateStyle=ISO``, ``bytea_output=hex`` (see 
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Callable
@@ -52,7 +53,9 @@ def pg_ts_to_epoch(us_since_2000: int) -> float:
 
 # --- text → Python converters (bytes in; identical for stream and snapshot) -------------------------
 
-_text: Callable[[bytes], str] = bytes.decode  # C method: no Python frame per text value
+# C all the way (no Python frame per text value). "replace": a SQL_ASCII database can hold bytes that are
+# not UTF-8; one such value must show up as U+FFFD in that row, not stop the whole stream.
+_text: Callable[[bytes], str] = functools.partial(bytes.decode, encoding="utf-8", errors="replace")
 
 
 def _numeric(b: bytes) -> Decimal:
