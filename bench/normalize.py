@@ -1,7 +1,8 @@
 """Changes/s through the normalizer alone (no database, no sinks) for config/odoo-postgres.yaml.
 
 Seeds products, locations and price lists, then streams stock_quant updates in chunks of 500 with an
-outbox-style flush per chunk (as the pipeline's group commit does). Usage: python bench/normalize.py [N]"""
+outbox-style flush per chunk (as the pipeline's group commit does). Usage: python bench/normalize.py [N]
+(--help for options)"""
 
 from __future__ import annotations
 
@@ -119,4 +120,8 @@ def main(n: int = 200_000, skus: int = 20_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("changes", nargs="?", type=int, default=200_000, help="stock_quant updates to stream")
+    main(ap.parse_args().changes)
