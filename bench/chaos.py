@@ -520,6 +520,7 @@ def run_one(kind: str, a: argparse.Namespace, work: Path) -> Figures:
             plan += [(0.5 * duration - a.down_seconds / 2, "down")]
         plan.sort()
         lag_max = 0.0
+        last_progress = 0.0
         deadline = duration + a.down_seconds + 900 + a.soak_changes / 2000
         start = time.monotonic()
         bg: list[threading.Thread] = []
@@ -580,6 +581,13 @@ def run_one(kind: str, a: argparse.Namespace, work: Path) -> Figures:
             lag = source_lag(ops_port)
             if lag is not None:
                 lag_max = max(lag_max, lag)
+            if a.progress and now - last_progress >= a.progress:
+                last_progress = now
+                mbs = [m for _, m in sup.rss[-50:]]
+                print(f"  [{kind} {now:.0f}s] changes {wl.changes:,}, kills {sup.kills}, exits {sup.exits}, "
+                      f"db restarts {fig.db_restarts}, RSS now {mbs[-1] if mbs else 0:.0f} MB, "
+                      f"max so far {max((m for _, m in sup.rss), default=0):.0f} MB, "
+                      f"outbox {_disk_mb(outbox):.0f} MB, source lag max {lag_max:.1f}s", flush=True)
             soak_done = wl.soaked >= a.soak_changes
             if now >= duration and not plan and soak_done and all(not t.is_alive() for t in bg):
                 break
@@ -731,6 +739,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--converge-timeout", type=float, default=600)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--progress", type=float, default=0, help="print progress every N seconds (0: off)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, reports)")
     a = p.parse_args(argv)
     base = QUICK if a.quick else FULL
