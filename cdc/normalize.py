@@ -352,6 +352,16 @@ class Normalizer:
                 self._truncate(kind, ts, tp)
                 continue
             prev = rows.get(old_key) if old_key else None
+            after = c.after
+            if after is not None and not all(k in after for k in columns):
+                # A mapped column is gone from the row (dropped or renamed in the ERP): the rules would
+                # read NULL and push a made-up value. Name it and keep the row's last good contribution.
+                gone = [k for k in columns if k not in after]
+                paths = [r.path for r in rules.values() if set(r.columns) & set(gone)]
+                table = self.stock_table if kind == "stock" else self.price_table
+                self._data_error(table, str(new_key), f"{', '.join(paths)}: column(s) {', '.join(gone)} "
+                                 f"missing from {table} (dropped or renamed?); the shop keeps the last value")
+                continue
             if prev is not None:
                 self._unset(kind, prev, ts, tp)
             if c.op == "d":
@@ -587,6 +597,8 @@ class Normalizer:
             self._data_error(self.stock_table, rowkey, f"stock.quantity: {e}")
             return Contribution(None, None, Decimal(0))
         if sku is None or (isinstance(sku, str) and not sku.strip()):
+            if not r["sku"].lookups:  # through a lookup, no SKU means "not for sale": not an error
+                self._data_error(self.stock_table, rowkey, f"{r['sku'].path}: the SKU is NULL or blank")
             return Contribution(None, location, qty)
         return Contribution(str(sku), location, qty, safety)
 

@@ -87,8 +87,6 @@ def test_null_sku_contributes_nothing_and_good_rows_arrive(env: Env) -> None:
     assert all(k[0] for k in env.shop.stock())  # no None / "None" SKU reached the shop
 
 
-@pytest.mark.xfail(strict=True, reason="cdc/normalize.py: a NULL or blank SKU is dropped without a data "
-                   "error, so nothing names the row (fix belongs in Normalizer._stock_contrib)")
 def test_null_sku_is_recorded_as_a_data_error(env: Env) -> None:
     with Running(env.config()):
         env.sql("INSERT INTO inv (sku, qty) VALUES (NULL, 7), ('GOOD-2', 2)")
@@ -174,10 +172,6 @@ def test_unused_column_dropped_mid_stream(env: Env) -> None:
         env.arrives({("GOOD-1", "madrid"): 8})
 
 
-@pytest.mark.xfail(strict=True, reason="cdc/rules.py reads a column with r.get(name): a mapped column "
-                   "dropped or renamed mid-stream reads as NULL, so the next change of a row silently "
-                   "pushes quantity 0 (needs a 'column missing' data error or stop in the rules and "
-                   "cdc/normalize.py)")
 @pytest.mark.parametrize("ddl", ["ALTER TABLE inv DROP COLUMN qty",
                                  "ALTER TABLE inv RENAME COLUMN qty TO q2"], ids=["dropped", "renamed"])
 def test_mapped_column_gone_mid_stream_is_named_and_loses_nothing(env: Env, ddl: str) -> None:
