@@ -10,6 +10,7 @@ import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,27 @@ from erpsync.throwaway import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_shop_equals_snapshot_select(shop: WebhookEmulator, cfg: Any, cur: Any, dialect: str) -> None:
+    """The shop holds what the mapping's transpiled snapshot SELECT computes on the ERP right now; keys
+    the snapshot no longer has (renamed, off sale) must have been set to 0."""
+    selects = facts_select(cfg, dialect)
+    cur.execute(selects["stock"])
+    want_stock = {(s, loc): int(a) for s, loc, a in cur.fetchall()}
+    cur.execute(selects["price"])
+    want_price = {(r[0], r[1]): Decimal(str(r[2])) for r in cur.fetchall()}
+
+    def shop_matches() -> bool:
+        got = shop.stock()
+        if any(got.get(k) != v for k, v in want_stock.items()):
+            return False
+        if any(v != 0 for k, v in got.items() if k not in want_stock):
+            return False
+        prices = {(k[1], k[2]): Decimal(v["amount"]) for k, v in shop.values.items() if k[0] == "price"}
+        return all(prices.get(k) == v for k, v in want_price.items())
+
+    assert wait_for(shop_matches, timeout=60), "shop != snapshot SELECT on the ERP"
 
 
 def test_dolibarr_example_streams_what_the_snapshot_select_says(mariadb_server, mariadb_db, tmp_path,
@@ -79,23 +101,7 @@ def test_dolibarr_example_streams_what_the_snapshot_select_says(mariadb_server, 
                             "VALUES (%s,%s,%s,%s)", (p, rng.randint(1, 2), t0 + timedelta(days=n + 1),
                                                      Decimal(rng.randint(100, 9999)) / 100))
             cur.execute("COMMIT")
-        selects = facts_select(cfg, "mysql")
-        cur.execute(selects["stock"])
-        want_stock = {(s, loc): int(a) for s, loc, a in cur.fetchall()}
-        cur.execute(selects["price"])
-        want_price = {(r[0], r[1]): Decimal(str(r[2])) for r in cur.fetchall()}
-
-        def shop_matches() -> bool:
-            got = shop.stock()
-            if any(got.get(k) != v for k, v in want_stock.items()):
-                return False
-            # keys the snapshot no longer has (renamed, off sale) must have been set to 0
-            if any(v != 0 for k, v in got.items() if k not in want_stock):
-                return False
-            prices = {(k[1], k[2]): Decimal(v["amount"]) for k, v in shop.values.items() if k[0] == "price"}
-            return all(prices.get(k) == v for k, v in want_price.items())
-
-        assert wait_for(shop_matches, timeout=60), "shop != snapshot SELECT on the ERP"
+        assert_shop_equals_snapshot_select(shop, cfg, cur, "mysql")
         assert not shop.regressions
         assert pipeline.stats.changes > 300
     finally:
@@ -167,22 +173,7 @@ def test_odoo_example_streams_what_the_snapshot_select_says(pg_dsn, tmp_path,
                             (rng.randint(1, 2), p, Decimal(rng.randint(100, 9999)) / 100,
                              datetime(2026, 1, 1) + timedelta(days=n)))
             cur.execute("COMMIT")
-        selects = facts_select(cfg, "postgres")
-        cur.execute(selects["stock"])
-        want_stock = {(s, loc): int(a) for s, loc, a in cur.fetchall()}
-        cur.execute(selects["price"])
-        want_price = {(r[0], r[1]): Decimal(str(r[2])) for r in cur.fetchall()}
-
-        def shop_matches() -> bool:
-            got = shop.stock()
-            if any(got.get(k) != v for k, v in want_stock.items()):
-                return False
-            if any(v != 0 for k, v in got.items() if k not in want_stock):
-                return False
-            prices = {(k[1], k[2]): Decimal(v["amount"]) for k, v in shop.values.items() if k[0] == "price"}
-            return all(prices.get(k) == v for k, v in want_price.items())
-
-        assert wait_for(shop_matches, timeout=60), "shop != snapshot SELECT on the ERP"
+        assert_shop_equals_snapshot_select(shop, cfg, cur, "postgres")
         assert not shop.regressions
     finally:
         stop.set()
