@@ -29,10 +29,10 @@ class JsonFormatter(logging.Formatter):
         out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
                "msg": redact(record.getMessage())}
         for k, v in getattr(record, "fields", {}).items():
-            out[k] = v
+            out[k] = redact(v) if isinstance(v, str) else v
         if record.exc_info:
             out["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(out, default=str)
+        return redact(json.dumps(out, default=str))  # fields that are not plain strings, too
 
 
 class TextFormatter(logging.Formatter):

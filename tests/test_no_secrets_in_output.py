@@ -115,3 +115,16 @@ def test_run_status_doctor_never_print_secrets(pg_dsn: str, tmp_path: Path) -> N
     for text in outputs:
         assert hook_secret not in text
         assert db_password not in text
+
+
+def test_json_log_fields_are_redacted() -> None:
+    import logging
+
+    from erpsync.logs import JsonFormatter, fields, register_secret
+
+    register_secret("tok-4f9a-field-secret")
+    rec = logging.LogRecord("erpsync", logging.INFO, __file__, 1, "pushed", None, None)
+    rec.fields = fields(sink="shop", url="https://x/?key=tok-4f9a-field-secret",  # type: ignore[attr-defined]
+                        nested={"auth": "tok-4f9a-field-secret"})["fields"]
+    line = JsonFormatter().format(rec)
+    assert "tok-4f9a-field-secret" not in line and "***" in line
