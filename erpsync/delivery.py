@@ -19,6 +19,7 @@ from erpsync.logs import fields
 from sinks.base import Outcome, Sink, backoff_seconds
 
 log = logging.getLogger("erpsync.delivery")
+OUTAGE_ATTEMPTS = 8  # during an outage the backoff stops growing here (≈ 60 s cap); the count is not spent
 
 
 class Deliverer(threading.Thread):
@@ -79,12 +80,17 @@ class Deliverer(threading.Thread):
             results = self.sink.push(facts)
         now = time.time()
         ok, retry, dead = [], [], []
+        # Every fact of the batch failed transiently: the shop (or the way to it) is down, not these facts.
+        # An outage of any length must not dead-letter good facts: back off (capped) and keep them queued;
+        # max_attempts only limits retries of facts the shop keeps failing while it serves others.
+        shop_down = all(r.outcome is Outcome.RETRY for r in results)
         for p, r in zip(batch, results, strict=True):
             if r.outcome is Outcome.OK:
                 ok.append(p.fact)
-            elif r.outcome is Outcome.RETRY and p.attempts + 1 < self.max_attempts:
-                delay = max(r.retry_after or 0.0, backoff_seconds(p.attempts + 1))
-                retry.append((p.fact, p.attempts + 1, delay, r.message or "retry"))
+            elif r.outcome is Outcome.RETRY and (shop_down or p.attempts + 1 < self.max_attempts):
+                attempts = min(p.attempts + 1, OUTAGE_ATTEMPTS) if shop_down else p.attempts + 1
+                delay = max(r.retry_after or 0.0, backoff_seconds(attempts))
+                retry.append((p.fact, attempts, delay, r.message or "retry"))
             else:
                 msg = r.message
                 if r.outcome is not Outcome.PERMANENT:

@@ -14,7 +14,9 @@ class SinkConfigBase(BaseModel):
     url: str = Field(description="base URL of the shop (or webhook endpoint)")
     timeout_seconds: float = Field(10.0, gt=0)
     max_batch: int | None = Field(None, gt=0, description="cap below the platform's own batch limit")
-    max_attempts: int = Field(20, ge=1, description="retryable failures before a fact goes to the DLQ")
+    max_attempts: int = Field(
+        20, ge=1, description="retryable failures of one fact while the shop serves others, before the DLQ "
+        "(a whole-shop outage never dead-letters: facts wait in the outbox)")
     ca_file: str | None = Field(None, description="CA bundle to verify the shop's TLS certificate")
     verify_tls: bool = Field(True, description="turn off only for a lab; production must verify")
     locations: dict[str, str] = Field(

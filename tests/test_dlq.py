@@ -60,3 +60,34 @@ def test_dlq_without_an_outbox_says_so(tmp_path) -> None:
                  f"outbox: {{path: {tmp_path / 'none.db'}}}\n")
     code, out = dlq(str(p), "list")
     assert code == 1 and "does not exist" in out
+
+
+def test_a_shop_outage_longer_than_max_attempts_dead_letters_nothing(pg_dsn, tmp_path) -> None:
+    import yaml
+
+    erp = PostgresErp(pg_dsn)
+    erp.create_stock_table()
+    skus = erp.seed(10, random.Random(4))
+    shop = WebhookEmulator()
+    shop.start()
+    config = erp.config(tmp_path, shop.endpoint)
+    from pathlib import Path
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg["sinks"][0]["max_attempts"] = 2  # the outage below spends far more tries than that
+    Path(config).write_text(yaml.safe_dump(cfg))
+    try:
+        with Running(config):
+            assert wait_for(lambda: shop.stock() == erp.expected(), timeout=30)
+            shop.set_faults(down=True, retry_after=0.2)
+            for sku in skus:
+                erp.execute("UPDATE stock_levels SET on_hand = on_hand + 5 WHERE sku=%s", (sku,))
+            import time
+
+            time.sleep(5)
+            shop.set_faults(down=False)
+            assert wait_for(lambda: shop.stock() == erp.expected(), timeout=90)
+            assert json.loads(dlq(config, "list", "--json")[1]) == []
+    finally:
+        shop.stop()
+        erp.close()
