@@ -99,8 +99,9 @@ class Outbox:
 
     def rollback(self) -> None:
         if self._in_tx:
-            self.conn.execute("ROLLBACK")
             self._in_tx = False
+            if self.conn.in_transaction:  # SQLite may have ended it already (a failed COMMIT)
+                self.conn.execute("ROLLBACK")
 
     # sinks ----------------------------------------------------------------------------------------
     def register_sinks(self, sinks: dict[str, list[str]]) -> None:
@@ -332,7 +333,10 @@ class _tx:
         self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, et: object, *_: object) -> None:
-        self.conn.execute("COMMIT" if et is None else "ROLLBACK")
+        if et is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # a failed COMMIT (disk full) already ended it: keep its error
+            self.conn.execute("ROLLBACK")
 
 
 # read-only views for status, dlq and metrics ------------------------------------------------------

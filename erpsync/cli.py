@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -131,6 +132,10 @@ def run(config: str, drain_seconds: float) -> None:
                 raise Fail(str(e)) from None
             reason: Exception = e
         except _transient_errors() as e:
+            reason = e
+        except sqlite3.OperationalError as e:  # outbox disk full / read-only: retry once it worked before
+            if not (streamed or (pipeline is not None and pipeline.stats.position is not None)):
+                raise Fail(f"{config}: outbox.path: {e}") from None
             reason = e
         progressed = pipeline is not None and pipeline.stats.position is not None
         streamed = streamed or progressed

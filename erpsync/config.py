@@ -33,7 +33,8 @@ class OutboxConfig(BaseModel):
 
 class OpsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    listen: str = Field("127.0.0.1:9187", description="metrics and health endpoint (loopback by default)")
+    listen: str = Field("127.0.0.1:9187", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$",
+                        description="host:port of the metrics and health endpoint (loopback by default)")
     max_lag_seconds: float = Field(60.0, gt=0, description="/readyz fails above this lag")
     sink_down_seconds: float = Field(
         120.0, gt=0, description="/readyz fails when a sink with pending facts has only failed for this long")

@@ -98,3 +98,12 @@ def test_missing_replication_privilege_says_what_to_change(erp, tmp_path):
     code, out = run("run", "--config", write(tmp_path, cfg))
     assert code == 1
     assert "ALTER ROLE shopsync WITH REPLICATION" in out.replace('"', "")
+
+
+def test_bad_ops_listen_is_refused_at_load(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("source: {kind: postgres, dsn: 'host=x'}\n"
+                 "stock: {table: t, sku: s, warehouse: w, quantity: q, locations: {a: b}}\n"
+                 "ops: {listen: nope}\n")
+    code, out = run("config", "validate", "--offline", str(p))
+    assert code == 2 and "ops.listen" in out
