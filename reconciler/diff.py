@@ -76,35 +76,52 @@ def load_in_flight(con: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str
 def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
              locations: list[str] | None = None, price_lists: list[str] | None = None) -> SinkDiff:
     """Compare ``erp_facts`` (restricted to what this sink carries) with ``shop_facts``; append the drift
-    to ``drift`` and return the counts."""
+    to ``drift`` and return the counts.
+
+    One FULL OUTER JOIN yields only the differing keys (usually a small share); everything after it —
+    the labels, in-flight keys, the ERP's other keys of the same SKU — works on those few rows."""
     con.execute(DRIFT_TABLE)
     where = [f"kind IN ({', '.join(_lit(k) for k in kinds)})"]
     if locations:
         where.append(f"(kind <> 'stock' OR scope IN ({', '.join(_lit(x) for x in locations)}))")
     if price_lists:
         where.append(f"(kind <> 'price' OR scope IN ({', '.join(_lit(x) for x in price_lists)}))")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE e AS SELECT * FROM erp_facts WHERE {' AND '.join(where)}")
-    swhere = where[0]
-    con.execute(f"CREATE OR REPLACE TEMP TABLE s AS SELECT * FROM shop_facts WHERE {swhere}")
-    # (kind, sku) pairs the ERP feeds, only for SKUs the shop lists somewhere the ERP does not
-    con.execute("""CREATE OR REPLACE TEMP TABLE e_skus AS
-                   SELECT DISTINCT kind, sku FROM e SEMI JOIN (SELECT kind, sku FROM s ANTI JOIN e
-                       USING (kind, sku, scope)) x USING (kind, sku)""")
-    con.execute("""
+    e_where, s_where = " AND ".join(where), where[0]
+    e = f"(SELECT * FROM erp_facts WHERE {e_where})"  # inlined, not CTEs: a CTE used twice is copied
+    s = f"(SELECT * FROM shop_facts WHERE {s_where})"
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE d AS
-        WITH j AS (
+        WITH jr AS MATERIALIZED (  -- the few differing keys, used twice below
             SELECT coalesce(e.kind, s.kind) AS fact_kind, coalesce(e.sku, s.sku) AS sku,
                    coalesce(e.scope, s.scope) AS scope, e.value AS erp_value, s.value AS shop_value,
-                   s.value_min AS shop_min, e.currency AS erp_currency, s.currency AS shop_currency,
+                   e.currency AS erp_currency, s.currency AS shop_currency,
                    e.sku IS NOT NULL AS in_erp, s.sku IS NOT NULL AS in_shop
-            FROM e FULL OUTER JOIN s ON e.kind = s.kind AND e.sku = s.sku AND e.scope = s.scope
+            FROM {e} e FULL OUTER JOIN {s} s ON e.kind = s.kind AND e.sku = s.sku AND e.scope = s.scope
             WHERE e.sku IS NULL OR s.sku IS NULL OR e.value IS DISTINCT FROM s.value
-               OR s.value_min IS DISTINCT FROM s.value
                OR (e.kind = 'price' AND e.currency IS NOT NULL AND s.currency IS NOT NULL
                    AND e.currency <> s.currency)
-        ), k AS (
-            SELECT j.*, es.sku IS NOT NULL AS sku_mapped, un.sku IS NOT NULL AS unmapped, un.warehouses
-            FROM j LEFT JOIN e_skus es ON es.kind = j.fact_kind AND es.sku = j.sku
+        ),
+        -- keys the shop lists more than once, among the differing ones: their whole spread
+        dup AS (
+            SELECT s.kind, s.sku, s.scope, max(s.value) AS hi, min(s.value) AS lo
+            FROM {s} s SEMI JOIN jr ON s.kind = jr.fact_kind AND s.sku = jr.sku AND s.scope = jr.scope
+            GROUP BY ALL HAVING count(*) > 1
+        ),
+        j AS MATERIALIZED (
+            SELECT fact_kind, jr.sku, jr.scope, any_value(erp_value) AS erp_value,
+                   coalesce(any_value(dup.hi), max(shop_value)) AS shop_value,
+                   coalesce(any_value(dup.lo), min(shop_value)) AS shop_min,
+                   any_value(erp_currency) AS erp_currency, max(shop_currency) AS shop_currency,
+                   bool_or(in_erp) AS in_erp, bool_or(in_shop) AS in_shop
+            FROM jr LEFT JOIN dup ON dup.kind = jr.fact_kind AND dup.sku = jr.sku AND dup.scope = jr.scope
+            GROUP BY fact_kind, jr.sku, jr.scope
+        ),
+        -- (kind, sku) the ERP feeds, among the SKUs the shop lists where the ERP has no key
+        fed AS (SELECT DISTINCT kind, sku FROM {e} e
+                WHERE sku IN (SELECT sku FROM j WHERE NOT in_erp)),
+        k AS (
+            SELECT j.*, fed.sku IS NOT NULL AS sku_mapped, un.sku IS NOT NULL AS unmapped, un.warehouses
+            FROM j LEFT JOIN fed ON fed.kind = j.fact_kind AND fed.sku = j.sku
                    LEFT JOIN erp_unmapped un ON un.sku = j.sku
         ), c AS (
             SELECT *, CASE
@@ -133,8 +150,8 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
                     END AS note
         FROM c WHERE drift IS NOT NULL""")
     res = SinkDiff(sink)
-    res.erp_keys = con.execute("SELECT count(*) FROM e").fetchone()[0]  # type: ignore[index]
-    res.shop_keys = con.execute("SELECT count(*) FROM s").fetchone()[0]  # type: ignore[index]
+    res.erp_keys = con.execute(f"SELECT count(*) FROM erp_facts WHERE {e_where}").fetchone()[0]  # type: ignore[index]
+    res.shop_keys = con.execute(f"SELECT count(*) FROM shop_facts WHERE {s_where}").fetchone()[0]  # type: ignore[index]
     res.in_flight = con.execute("SELECT count(*) FROM d SEMI JOIN in_flight f ON f.kind = d.fact_kind "
                                 "AND f.sku = d.sku AND f.scope = d.scope").fetchone()[0]  # type: ignore[index]
     con.execute("""

@@ -113,9 +113,7 @@ def reconcile(cfg: Any, *, sinks: list[str] | None = None, heal_drift: bool | No
     dialect = erpdb.dialect(cfg)
     erp_conn = erpdb.connect(cfg)
     try:
-        default_schema = "public" if dialect == "postgres" else cfg.source.database
-        snap = snapshot_erp(erp_conn, dialect, con, stock=cfg.stock, prices=getattr(cfg, "prices", None),
-                            default_schema=default_schema, chunk_rows=rc.chunk_rows, progress=progress)
+        snap = snapshot_erp(erp_conn, dialect, con, cfg, chunk_rows=rc.chunk_rows, progress=progress)
     finally:
         erp_conn.close()
     caught_up = None

@@ -1,68 +1,81 @@
-"""Shop side of a reconcile: the sink's listing (Sink.snapshot()) into DuckDB in Arrow chunks."""
+"""Shop side of a reconcile: the sink's listing into DuckDB as Arrow, in large typed chunks and one load."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from reconciler.erp_snapshot import VALUE
 from reconciler.progress import Progress, Quiet
 
 SCHEMA = pa.schema([("kind", pa.string()), ("sku", pa.string()), ("scope", pa.string()),
-                    ("value", pa.string()), ("currency", pa.string())])
+                    ("value", pa.decimal128(18, 8)), ("currency", pa.string())])
 
 
 class CannotList(RuntimeError):
     """The sink has no way to list the shop (e.g. a webhook without list_url)."""
 
 
+def _chunks(facts: Iterable[Any], chunk_rows: int) -> Iterable[pa.RecordBatch]:
+    """Sink.snapshot() facts → record batches of SCHEMA, ``chunk_rows`` at a time: plain Python lists per
+    column (the cheapest per-fact work), converted by Arrow once per chunk."""
+    kind: list[str] = []
+    sku: list[str] = []
+    scope: list[str] = []
+    value: list[int | Decimal | None] = []
+    cur: list[str | None] = []
+    for f in facts:
+        v = f.value
+        kind.append(f.kind)
+        sku.append(f.sku)
+        scope.append(f.key.scope)
+        if f.kind == "stock":
+            value.append(int(v["available"]))
+            cur.append(None)
+        else:
+            amount = v.get("amount")
+            value.append(None if amount is None else Decimal(str(amount)))
+            cur.append(v.get("currency") or None)
+        if len(kind) >= chunk_rows:
+            yield pa.record_batch([kind, sku, scope, value, cur], schema=SCHEMA)
+            kind, sku, scope, value, cur = [], [], [], [], []
+    if kind:
+        yield pa.record_batch([kind, sku, scope, value, cur], schema=SCHEMA)
+
+
 def snapshot_shop(sink: Any, con: duckdb.DuckDBPyConnection, *, chunk_rows: int = 100_000,
                   progress: bool | None = None) -> int:
-    """Fill ``shop_facts(kind, sku, scope, value, currency)``; returns the number of facts listed.
+    """Make ``shop_facts(kind, sku, scope, value, currency)`` the sink's listing; returns the number of
+    facts listed.
 
-    A sink may offer ``snapshot_arrow()`` (record batches with the columns above) to skip per-fact
-    Python objects; otherwise its ``snapshot()`` facts are gathered into Arrow chunks."""
-    con.execute("CREATE OR REPLACE TABLE shop_raw (kind VARCHAR, sku VARCHAR, scope VARCHAR, value VARCHAR, "
-                "currency VARCHAR)")
+    A sink may offer ``snapshot_arrow()`` (record batches or tables with kind, sku, scope, value — any
+    type DuckDB casts to a number — and currency) to skip per-fact Python objects; otherwise its
+    ``snapshot()`` facts are gathered into Arrow chunks."""
     prog = Progress(f"shop {sink.name}", enabled=progress) if progress is not False else Quiet()
-
-    def insert(batch: pa.Table | pa.RecordBatch) -> None:
-        con.register("_shop", batch)
-        con.execute("INSERT INTO shop_raw SELECT kind, sku, scope, value, currency FROM _shop")
-        con.unregister("_shop")
-        prog.add(batch.num_rows)
-
     fast = getattr(sink, "snapshot_arrow", None)
+    batches: list[pa.RecordBatch | pa.Table] = []
     try:
-        if fast is not None:
-            for batch in fast():
-                insert(batch)
-        else:
-            cols: list[list[Any]] = [[], [], [], [], []]
-            for f in sink.snapshot():
-                v = f.value
-                if f.kind == "stock":
-                    row = ("stock", f.sku, f.key.scope, str(int(v["available"])), None)
-                else:
-                    amount = v.get("amount")
-                    row = ("price", f.sku, f.key.scope, None if amount is None else str(Decimal(str(amount))),
-                           v.get("currency") or None)
-                for c, x in zip(cols, row, strict=True):
-                    c.append(x)
-                if len(cols[0]) >= chunk_rows:
-                    insert(pa.Table.from_arrays([pa.array(c, pa.string()) for c in cols], schema=SCHEMA))
-                    cols = [[], [], [], [], []]
-            if cols[0]:
-                insert(pa.Table.from_arrays([pa.array(c, pa.string()) for c in cols], schema=SCHEMA))
+        for b in fast() if fast is not None else _chunks(sink.snapshot(), chunk_rows):
+            batches.append(b)
+            prog.add(b.num_rows)
     except NotImplementedError as e:
         raise CannotList(str(e)) from None
     prog.done()
-    # one value per key: a shop listing the same SKU twice (two variants) shows its spread as drift
-    con.execute("""
+    if batches:
+        tables = [b if isinstance(b, pa.Table) else pa.Table.from_batches([b]) for b in batches]
+        listing = pa.concat_tables(tables, promote_options="permissive")
+    else:
+        listing = SCHEMA.empty_table()
+    # not grouped by key: a key listed twice (two variants with one SKU) is kept twice and diff.classify
+    # shows its spread as drift (grouping 3M keys here would cost more than the whole diff)
+    con.register("_shop_listing", listing)
+    con.execute(f"""
         CREATE OR REPLACE TABLE shop_facts AS
-        SELECT kind, sku, scope, max(TRY_CAST(value AS DECIMAL(38,4))) AS value,
-               min(TRY_CAST(value AS DECIMAL(38,4))) AS value_min, max(currency) AS currency
-        FROM shop_raw WHERE sku IS NOT NULL AND sku <> '' GROUP BY kind, sku, scope""")
+        SELECT kind, sku, scope, TRY_CAST(value AS {VALUE}) AS value, nullif(currency, '') AS currency
+        FROM _shop_listing WHERE sku IS NOT NULL AND sku <> ''""")
+    con.unregister("_shop_listing")
     return prog.count
