@@ -72,22 +72,27 @@ def plan_stock(select: str, dialect: str) -> StockPlan:
     columns = list(inner.named_selects)
     if columns[:4] != ["sku", "location", "qty", "safety"]:
         raise ValueError(f"unexpected stock SELECT columns {columns}")
-    safety = inner.expressions[3].this
+    selects = list(inner.expressions)
+    safety = selects[3].this
     if isinstance(safety, exp.Literal):
-        inner.expressions.pop(3)
+        del selects[3]
         columns.remove("safety")
         for col in list(outer.find_all(exp.Column)):
             if col.name == "safety":
                 agg = col.parent
                 (agg if isinstance(agg, exp.Max) else col).replace(safety.copy())
     location_sql = None
-    case = inner.expressions[1].this
+    case = selects[1].this
     if isinstance(case, exp.Case) and case.this is not None:
-        inner.expressions[1] = case.this.copy().as_("warehouse")
+        subject = case.this
+        if isinstance(subject, exp.Cast) and subject.to.is_type(exp.DataType.Type.BINARY):
+            subject = subject.this  # sqlglot's MySQL parser wraps a CASE subject so: facts_select has none
+        selects[1] = subject.copy().as_("warehouse")
         columns[1] = "warehouse"
         local = case.copy()
         local.set("this", exp.column("warehouse"))
         location_sql = local.sql(dialect="duckdb")
+    inner.set("expressions", selects)  # through set(): the nodes' parents must be right for generation
     outer.set("from_", exp.From(this=exp.to_table(ROWS_TABLE).as_("r")))
     return StockPlan(inner.sql(dialect=dialect), columns, location_sql, outer.sql(dialect="duckdb"))
 
@@ -137,12 +142,18 @@ def _mysql_read(conn: Any, query: str, names: list[str], progress: Progress, chu
         cur.execute(query)
         while rows := cur.fetchmany(chunk):
             cols = list(zip(*rows, strict=True))
-            batches.append(pa.table({n: pa.array([None if v is None else str(v) for v in c], pa.string())
+            batches.append(pa.table({n: pa.array([_text(v) for v in c], pa.string())
                                      for n, c in zip(names, cols, strict=True)}))
             progress.add(len(rows))
     if not batches:
         return pa.table({n: pa.array([], pa.string()) for n in names})
     return pa.concat_tables(batches)
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
 
 
 def _read(conn: Any, dialect: str, query: str, names: list[str], typed: dict[str, pa.DataType],
