@@ -698,8 +698,9 @@ class Normalizer:
         ]
         if "price" not in self._truncated:
             for rk, sku, plist, amount, cur, cmp, vfrom, vto in self.conn.execute(
+                # a stored line without an amount is in no group (PriceLine.group), and Decimal(None) fails
                 "SELECT rowkey, sku, plist, amount, currency, compare_at, vfrom, vto FROM state_price_rows "
-                "WHERE sku=? AND plist=?",
+                "WHERE sku=? AND plist=? AND amount IS NOT NULL",
                 g,
             ):
                 if rk not in rows:

@@ -63,6 +63,10 @@ class _Builder:
 
     def case(self, subject: str, mapping: dict[str, str]) -> str:
         whens = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in mapping.items())
+        if self.d == "mysql":
+            # MySQL's default collations ignore case and trailing spaces ('wh-mad ' = 'WH-MAD'); the
+            # stream's map look-up is exact, so compare bytes (a binary string has no PAD SPACE)
+            subject = f"CAST({subject} AS BINARY)"
         return f"CASE {subject} {whens} END"
 
     def table(self, name: str) -> str:

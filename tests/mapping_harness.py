@@ -1,8 +1,10 @@
 """Drive the normalizer from real SQL on a real ERP database and compare with the snapshot SELECT.
 
-Each statement runs with RETURNING (and a SELECT of the before-image), so the normalizer sees the values
-and types the database really holds; after each committed ERP transaction the facts go through a real
-outbox commit, then the outbox is compared with ``facts_select`` run on the ERP at the same ``now``."""
+PostgreSQL: each statement runs with RETURNING (and a SELECT of the before-image), so the normalizer sees
+the values and types the database really holds. MariaDB: the normalizer reads the real binlog through the
+MySQL source, each committed transaction as the server logged it. After each committed ERP transaction the
+facts go through a real outbox commit, then the outbox is compared with ``facts_select`` run on the ERP at
+the same ``now``."""
 
 from __future__ import annotations
 
@@ -15,12 +17,82 @@ from cdc.normalize import normalizer_for
 from cdc.outbox import Outbox
 from cdc.snapshot_sql import facts_select
 from erpsync.config import load_config_text
+from erpsync.facts import Fact, FactKey
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 
 
-class PgHarness:
+class _Harness:
+    """Outbox, normalizer clock and the stream == snapshot comparison shared by both databases."""
+
+    dialect = ""
+    cfg: Any
+    outbox: Outbox
+    norm: Any
+    now: float
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self._store(self.norm.due_timers(self.now))
+
+    def _store(self, facts: list[Any]) -> None:
+        self.outbox.begin()
+        self.norm.flush()
+        self.outbox.write_facts(facts)
+        self.outbox.commit()
+
+    # comparison ------------------------------------------------------------------------------------
+    def expected(self) -> dict[str, dict[tuple[str, str], Any]]:
+        out: dict[str, dict[tuple[str, str], Any]] = {}
+        for kind, sql in facts_select(self.cfg, self.dialect, now=self.now).items():
+            rows = self._q(sql)
+            if kind == "stock":
+                out[kind] = {(r["sku"], r["location"]): int(r["available"]) for r in rows}
+            else:
+                out[kind] = {
+                    (r["sku"], r["price_list"]): (
+                        Decimal(r["amount"]),
+                        r["currency"] or "",
+                        None if r["compare_at"] is None else Decimal(r["compare_at"]),
+                    )
+                    for r in rows
+                }
+        return out
+
+    def actual(self) -> dict[str, dict[tuple[str, str], Any]]:
+        out: dict[str, dict[tuple[str, str], Any]] = {"stock": {}, "price": {}}
+        for f in self.outbox.facts():
+            if f.kind == "stock":
+                out["stock"][(f.sku, f.key.scope)] = f.available
+            else:
+                cmp = f.value.get("compare_at")
+                out["price"][(f.sku, f.key.scope)] = (
+                    f.amount,
+                    f.value["currency"] or "",
+                    None if cmp is None else Decimal(cmp),
+                )
+        return out
+
+    def check(self) -> None:
+        """Streamed facts == snapshot facts. A stock key the snapshot lacks must be 0 (retired); a price
+        the snapshot lacks is the kept last price (no line valid now), so only snapshot keys compare."""
+        exp, got = self.expected(), self.actual()
+        s_exp, s_got = exp.get("stock", {}), got["stock"]
+        bad = {k: (v, s_got.get(k)) for k, v in s_exp.items() if s_got.get(k, 0) != v}
+        bad |= {k: (0, v) for k, v in s_got.items() if k not in s_exp and v != 0}
+        assert not bad, f"stock (snapshot, stream) differ: {bad}"
+        p_exp, p_got = exp.get("price", {}), got["price"]
+        badp = {k: (v, p_got.get(k)) for k, v in p_exp.items() if p_got.get(k) != v}
+        assert not badp, f"price (snapshot, stream) differ: {badp}"
+
+
+class PgHarness(_Harness):
+    dialect = "postgres"
+
     def __init__(self, dsn: str, config: str, schema: str, tmp: Path) -> None:
         import psycopg2
 
@@ -87,56 +159,95 @@ class PgHarness:
         self.pending = []
         self._store(facts)
 
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self._store(self.norm.due_timers(self.now))
 
-    def _store(self, facts: list[Any]) -> None:
-        self.outbox.begin()
-        self.norm.flush()
-        self.outbox.write_facts(facts)
-        self.outbox.commit()
+class MariaHarness(_Harness):
+    """The normalizer fed from the real binlog: each ERP transaction is committed by plain SQL, then the
+    MySQL source's stream is read up to the position SHOW MASTER STATUS gives right after the COMMIT."""
 
-    # comparison ------------------------------------------------------------------------------------
-    def expected(self) -> dict[str, dict[tuple[str, str], Any]]:
-        out: dict[str, dict[tuple[str, str], Any]] = {}
-        for kind, sql in facts_select(self.cfg, "postgres", now=self.now).items():
-            rows = self._q(sql)
-            if kind == "stock":
-                out[kind] = {(r["sku"], r["location"]): int(r["available"]) for r in rows}
-            else:
-                out[kind] = {
-                    (r["sku"], r["price_list"]): (
-                        Decimal(r["amount"]),
-                        r["currency"] or "",
-                        None if r["compare_at"] is None else Decimal(r["compare_at"]),
-                    )
-                    for r in rows
-                }
-        return out
+    dialect = "mysql"
 
-    def actual(self) -> dict[str, dict[tuple[str, str], Any]]:
-        out: dict[str, dict[tuple[str, str], Any]] = {"stock": {}, "price": {}}
-        for f in self.outbox.facts():
-            if f.kind == "stock":
-                out["stock"][(f.sku, f.key.scope)] = f.available
-            else:
-                cmp = f.value.get("compare_at")
-                out["price"][(f.sku, f.key.scope)] = (
-                    f.amount,
-                    f.value["currency"] or "",
-                    None if cmp is None else Decimal(cmp),
-                )
-        return out
+    def __init__(self, server: Any, config: str, schema: str, tmp: Path) -> None:
+        self.server = server
+        self.conn = server.connect()
+        self.text = (ROOT / "config" / config).read_text()
+        schema_sql = (ROOT / "config" / "schemas" / schema).read_text()
+        body = "\n".join(ln for ln in schema_sql.splitlines() if not ln.lstrip().startswith("--"))
+        self.schema_stmts = [s for s in body.split(";") if s.strip()]
+        self.tmp = tmp
+        self.n = 0
+        self.now = T0
+        self.source: Any = None
 
-    def check(self) -> None:
-        """Streamed facts == snapshot facts. A stock key the snapshot lacks must be 0 (retired); a price
-        the snapshot lacks is the kept last price (no line valid now), so only snapshot keys compare."""
-        exp, got = self.expected(), self.actual()
-        s_exp, s_got = exp.get("stock", {}), got["stock"]
-        bad = {k: (v, s_got.get(k)) for k, v in s_exp.items() if s_got.get(k, 0) != v}
-        bad |= {k: (0, v) for k, v in s_got.items() if k not in s_exp and v != 0}
-        assert not bad, f"stock (snapshot, stream) differ: {bad}"
-        p_exp, p_got = exp.get("price", {}), got["price"]
-        badp = {k: (v, p_got.get(k)) for k, v in p_exp.items() if p_got.get(k) != v}
-        assert not badp, f"price (snapshot, stream) differ: {badp}"
+    def reset(self) -> None:
+        from cdc.sources.mysql import MySQLSource
+
+        self.close_source()
+        self.n += 1
+        db = self.server.create_database(f"mprop{self.n}")
+        self._q(f"USE `{db}`")
+        for stmt in self.schema_stmts:
+            self._q(stmt)
+        text = self.text.replace("${ERP_PASSWORD}", "erpsync").replace("${ERP_DATABASE:-dolibarr}", db)
+        self.cfg = load_config_text(text.replace("${ERP_PORT:-3306}", str(self.server.port)), "<test>")
+        self.outbox = Outbox(self.tmp / f"m{self.n}.db", {}, durable=False)
+        self.norm = normalizer_for(self.cfg, self.outbox.conn, clock=lambda: self.now)
+        self.source = MySQLSource(self.cfg.source, self.norm.tables)
+        self.logged = self._master()
+        self.stream = self.source.stream(self.logged)
+
+    def close_source(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+    def close(self) -> None:
+        self.close_source()
+        self.conn.close()
+
+    def _master(self) -> str:
+        r = self._q("SHOW MASTER STATUS")[0]
+        return f"{r['File']}:{r['Position']}"
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.conn.cursor() as c:
+            c.execute(sql, args or None)
+            if c.description is None:
+                return []
+            names = [d[0] for d in c.description]
+            return [dict(zip(names, r, strict=True)) for r in c.fetchall()]
+
+    def begin(self) -> None:
+        self._q("BEGIN")
+
+    def exec(self, sql: str, args: tuple[Any, ...] = ()) -> bool:
+        """One ERP statement; a duplicate key fails it alone (InnoDB rolls back the statement, not the
+        transaction), as it would in the ERP."""
+        import pymysql
+
+        try:
+            self._q(sql, args)
+            return True
+        except pymysql.err.IntegrityError:
+            return False
+
+    def commit(self, timeout: float = 20.0) -> None:
+        """COMMIT, then apply what the binlog holds for it: chunks up to the commit at the master's
+        position after our COMMIT (a transaction that changed nothing is not logged: nothing to wait for)."""
+        import time
+
+        self._q("COMMIT")
+        target = self._master()
+        if self.source.compare(target, self.logged) <= 0:
+            return
+        facts: dict[FactKey, Fact] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, f"binlog did not reach {target}"
+            chunk = next(self.stream)
+            if chunk.changes:
+                for f in self.norm.apply(chunk.changes, "", self.now):
+                    facts[f.key] = f
+            if chunk.commit is not None and self.source.compare(chunk.commit.position, target) >= 0:
+                break
+        self.logged = target
+        self._store(list(facts.values()))
