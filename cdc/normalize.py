@@ -84,7 +84,7 @@ _ROUNDING = {
 }
 
 
-CACHE_ENTRIES = 50_000  # per cache generation: hot rows and sums stay in memory, the store holds them all
+CACHE_ENTRIES = 20_000  # per cache generation: hot rows and sums stay in memory, the store holds them all
 
 
 class _Cache:
