@@ -4,7 +4,8 @@ Data: a throwaway PostgreSQL with an ERP stock table of SKUS × 3 warehouses (on
 shop snapshot table ``shop_stock(sku, location, available)`` holding the mapped values with 1% of the keys
 drifted (half of them a different quantity, half missing from the shop).
 
-What is measured for erpsync (median of --repeat runs, each phase printed):
+Both tools run --repeat times, alternated (the machine may be shared); medians are compared.
+What is measured for erpsync (each phase printed):
 * ERP snapshot: the mapping's ``facts_select`` stock SELECT, its per-row part streamed out of PostgreSQL
   (COPY … TO STDOUT → pyarrow CSV reader) and its GROUP BY part (sums, floor, safety, clamp) in DuckDB;
 * shop snapshot: loading the shop's listing into DuckDB (one value per key). The listing itself is
@@ -140,37 +141,41 @@ def run_erpsync(dsn: str, cfg: Any, listing: pa.Table) -> tuple[dict[str, float]
     return times, {k: v for k, v in res.counts.items() if v}
 
 
-def run_reladiff(dsn: str, uri: str) -> tuple[float, float, dict[str, int]]:
+def run_reladiff(dsn: str, uri: str, run: int) -> tuple[float, float, dict[str, int]]:
     from reladiff import connect_to_table, diff_tables
 
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     t0 = time.perf_counter()
     with conn.cursor() as cur:  # reladiff cannot apply the mapping: give it the mapped ERP side as a table
-        cur.execute(f"""CREATE TABLE erp_mapped AS
+        # a new table per run: reladiff's connections from the last run may still hold locks on theirs
+        cur.execute(f"""CREATE TABLE erp_mapped{run} AS
                         SELECT s.sku, l.location,
                                greatest(floor(sum(s.on_hand - s.reserved)) - {SAFETY}, 0)::int AS available
                         FROM stock_levels s JOIN locmap l ON l.warehouse = s.warehouse_code
                         GROUP BY s.sku, l.location""")
-        cur.execute("ALTER TABLE erp_mapped ADD PRIMARY KEY (sku, location)")
-        cur.execute("ANALYZE erp_mapped")
+        cur.execute(f"ALTER TABLE erp_mapped{run} ADD PRIMARY KEY (sku, location)")
+        cur.execute(f"ANALYZE erp_mapped{run}")
     conn.close()
     t1 = time.perf_counter()
-    a = connect_to_table(uri, "erp_mapped", ("sku", "location"), thread_count=2)
+    a = connect_to_table(uri, f"erp_mapped{run}", ("sku", "location"), thread_count=2)
     b = connect_to_table(uri, "shop_stock", ("sku", "location"), thread_count=2)
     counts = {"-": 0, "+": 0}
     for sign, _row in diff_tables(a, b, extra_columns=("available",), threaded=True, max_threadpool_size=2):
         counts[sign] += 1
     t2 = time.perf_counter()
+    # reladiff installs a psycopg2 wait callback (process-wide), which forbids COPY: remove it
+    psycopg2.extensions.set_wait_callback(None)
     print(f"  reladiff: materialize mapped ERP {t1 - t0:.2f}s, diff_tables {t2 - t1:.2f}s "
-          f"(rows only in ERP side '-': {counts['-']:,}, only in shop side '+': {counts['+']:,})")
+          f"(rows only in ERP side '-': {counts['-']:,}, only in shop side '+': {counts['+']:,})", flush=True)
     return t2 - t1, t1 - t0, counts
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skus", type=int, default=1_000_000, help="SKUs (× 3 locations = keys)")
-    ap.add_argument("--repeat", type=int, default=3, help="erpsync runs (the median is compared)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each tool, alternated (medians are compared)")
     args = ap.parse_args()
     with ThrowawayPostgres(wal_level="replica") as pg:
         dsn = pg.create_database("bench")
@@ -183,22 +188,28 @@ def main() -> int:
         listing = fetch_listing(dsn)
         fetch = time.perf_counter() - t
         print(f"  shop listing fetch (not timed below): {listing.num_rows:,} facts in {fetch:.2f}s")
-        runs = []
-        for _ in range(args.repeat):
+        uri = "postgresql://" + dsn.split("://", 1)[1] if "://" in dsn else _uri(dsn)
+        # alternated, so that both tools see the same background load (the machine is shared)
+        runs, theirs, preps = [], [], []
+        for run in range(args.repeat):
             times, found = run_erpsync(dsn, cfg, listing)
             assert found == {"stock_mismatch": changed, "missing_in_shop": missing}, found
             runs.append(times)
+            diff_s, prep_s, counts = run_reladiff(dsn, uri, run)
+            assert counts["-"] == changed + missing and counts["+"] == changed, counts
+            theirs.append(diff_s)
+            preps.append(prep_s)
         print(f"  erpsync found {found}")
-        uri = "postgresql://" + dsn.split("://", 1)[1] if "://" in dsn else _uri(dsn)
-        theirs, prep, counts = run_reladiff(dsn, uri)
-        assert counts["-"] == changed + missing and counts["+"] == changed, counts
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    ours = med["total"]
+    ours, their, prep = med["total"], statistics.median(theirs), statistics.median(preps)
     print(f"erpsync reconcile (median of {len(runs)}): {ours:.2f}s = ERP snapshot {med['erp']:.2f}s "
           f"(read {med['erp_read']:.2f}s) + shop snapshot {med['shop']:.2f}s + diff {med['diff']:.2f}s")
-    print(f"reladiff diff_tables: {theirs:.2f}s (+ {prep:.2f}s to materialize the mapped ERP side)")
-    print(f"ratio {theirs / ours:.1f}  (with materialization {(theirs + prep) / ours:.1f}; with erpsync's "
-          f"shop listing fetch counted too {theirs / (ours + fetch):.1f})")
+    print(f"reladiff diff_tables (median of {len(theirs)}): {their:.2f}s (+ {prep:.2f}s to materialize the "
+          f"mapped ERP side)")
+    pairs = ", ".join(f"{t / r['total']:.1f}" for t, r in zip(theirs, runs, strict=True))
+    print(f"ratio {their / ours:.1f}  (run by run: {pairs}; with materialization "
+          f"{(their + prep) / ours:.1f}; with erpsync's shop listing fetch counted too "
+          f"{their / (ours + fetch):.1f})")
     return 0
 
 

@@ -86,7 +86,9 @@ def plan_stock(select: str, dialect: str) -> StockPlan:
     if isinstance(case, exp.Case) and case.this is not None:
         subject = case.this
         if isinstance(subject, exp.Cast) and subject.to.is_type(exp.DataType.Type.BINARY):
-            subject = subject.this  # sqlglot's MySQL parser wraps a CASE subject so: facts_select has none
+            # facts_select's MySQL CASE compares bytes (exact, like the stream); DuckDB compares exactly
+            # anyway, and the warehouse is wanted as text
+            subject = subject.this
         selects[1] = subject.copy().as_("warehouse")
         columns[1] = "warehouse"
         local = case.copy()
@@ -205,8 +207,11 @@ def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: A
         typed = True
         if plan is not None:
             p = prog("ERP stock rows")
+            # a few warehouses over millions of rows: dictionary-encoded, the location CASE runs per
+            # distinct warehouse
             stock_rows, typed = _read(conn, dialect, plan.rows_sql, plan.columns,
-                                      {"qty": QTY, "safety": QTY}, p, chunk_rows)
+                                      {"qty": QTY, "safety": QTY,
+                                       "warehouse": pa.dictionary(pa.int32(), pa.string())}, p, chunk_rows)
             p.done()
             snap.rows += p.count
         if "price" in selects:
