@@ -135,9 +135,9 @@ def run_erpsync(dsn: str, cfg: Any, listing: pa.Table) -> tuple[dict[str, float]
     con.close()
     times = {"erp": t1 - t0, "erp_read": snap.read_seconds, "shop": t2 - t1, "diff": t3 - t2,
              "total": t3 - t0}
-    print(f"  erpsync: ERP snapshot {snap.rows:,} rows {times['erp']:.2f}s (read {snap.read_seconds:.2f}s, "
-          f"aggregate {times['erp'] - snap.read_seconds:.2f}s), shop snapshot {n:,} facts "
-          f"{times['shop']:.2f}s, diff {times['diff']:.2f}s = {times['total']:.2f}s", flush=True)
+    print(f"  erpsync: ERP snapshot {snap.rows:,} rows {times['erp']:.2f}s (in the ERP transaction "
+          f"{snap.read_seconds:.2f}s, after it {times['erp'] - snap.read_seconds:.2f}s), shop snapshot "
+          f"{n:,} facts {times['shop']:.2f}s, diff {times['diff']:.2f}s = {times['total']:.2f}s", flush=True)
     return times, {k: v for k, v in res.counts.items() if v}
 
 
@@ -203,7 +203,8 @@ def main() -> int:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     ours, their, prep = med["total"], statistics.median(theirs), statistics.median(preps)
     print(f"erpsync reconcile (median of {len(runs)}): {ours:.2f}s = ERP snapshot {med['erp']:.2f}s "
-          f"(read {med['erp_read']:.2f}s) + shop snapshot {med['shop']:.2f}s + diff {med['diff']:.2f}s")
+          f"(in the ERP transaction {med['erp_read']:.2f}s) + shop snapshot {med['shop']:.2f}s + diff "
+          f"{med['diff']:.2f}s")
     print(f"reladiff diff_tables (median of {len(theirs)}): {their:.2f}s (+ {prep:.2f}s to materialize the "
           f"mapped ERP side)")
     pairs = ", ".join(f"{t / r['total']:.1f}" for t, r in zip(theirs, runs, strict=True))

@@ -8,9 +8,11 @@ ERP (PostgreSQL: 7–12 s for 3M groups vs ≈ 1 s in DuckDB) and would load the
 per-row part also gives the warehouse of rows no location takes, for the "not mapped" label.
 Prices: the price SELECT (a window over validity dates) runs whole in the ERP.
 
-PostgreSQL: ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` through a pipe straight into pyarrow's
-multi-threaded CSV reader with explicit column types (no per-row Python), then one ``con.register``.
-MySQL: an unbuffered cursor read with fetchmany into Arrow chunks.
+PostgreSQL: ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` through a pipe straight into pyarrow's CSV
+reader with explicit column types (no per-row Python); the stock batches stream into DuckDB's aggregation
+while the ERP still produces them. A value the typed columns cannot hold exactly (more than 6 places, an
+exponent) makes the rows be read again as text, cast by DuckDB.
+MySQL: an unbuffered cursor read with fetchmany into Arrow chunks, then the same aggregation.
 Everything is read in one consistent snapshot whose ERP log position is returned.
 """
 
@@ -19,11 +21,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlglot
 from sqlglot import exp
@@ -45,7 +49,7 @@ class ErpSnapshot:
     started_at: float
     rows: int = 0
     seconds: float = 0.0
-    read_seconds: float = 0.0  # reading out of the ERP (the rest: DuckDB aggregation)
+    read_seconds: float = 0.0  # inside the ERP's snapshot transaction (stock aggregated on the way)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class StockPlan:
     rows_sql: str   # run by the ERP: sku, location or warehouse, qty[, safety]
     columns: list[str]
     location_sql: str | None  # DuckDB: the location from the warehouse, when the ERP sends the latter
+    warehouses: list[str]     # those the location CASE maps
     facts_sql: str  # run by DuckDB on ROWS_TABLE (sku, location, qty[, safety]): sku, location, available
 
 
@@ -81,7 +86,7 @@ def plan_stock(select: str, dialect: str) -> StockPlan:
             if col.name == "safety":
                 agg = col.parent
                 (agg if isinstance(agg, exp.Max) else col).replace(safety.copy())
-    location_sql = None
+    location_sql, warehouses = None, []
     case = selects[1].this
     if isinstance(case, exp.Case) and case.this is not None:
         subject = case.this
@@ -94,15 +99,18 @@ def plan_stock(select: str, dialect: str) -> StockPlan:
         local = case.copy()
         local.set("this", exp.column("warehouse"))
         location_sql = local.sql(dialect="duckdb")
+        warehouses = [w.this.name for w in case.args.get("ifs") or []]
     inner.set("expressions", selects)  # through set(): the nodes' parents must be right for generation
     outer.set("from_", exp.From(this=exp.to_table(ROWS_TABLE).as_("r")))
-    return StockPlan(inner.sql(dialect=dialect), columns, location_sql, outer.sql(dialect="duckdb"))
+    return StockPlan(inner.sql(dialect=dialect), columns, location_sql, warehouses,
+                     outer.sql(dialect="duckdb"))
 
 
 # reading ------------------------------------------------------------------------------------------------
 def _pg_read(conn: Any, query: str, names: list[str], types: dict[str, pa.DataType], progress: Progress,
-             block_size: int) -> pa.Table:
-    """COPY ... TO STDOUT written into a pipe by a thread while pyarrow parses the other end."""
+             block_size: int, consume: Callable[[pa.RecordBatchReader], None] | None = None) -> pa.Table:
+    """COPY ... TO STDOUT written into a pipe by a thread while pyarrow parses the other end. With
+    ``consume``, the parsed batches are handed to it as a stream (returns an empty table)."""
     r, w = os.pipe()
     error: list[BaseException] = []
     cur = conn.cursor()
@@ -118,16 +126,24 @@ def _pg_read(conn: Any, query: str, names: list[str], types: dict[str, pa.DataTy
     t.start()
     try:
         with os.fdopen(r, "rb") as f:
-            table = pacsv.read_csv(
-                f,
-                read_options=pacsv.ReadOptions(column_names=names, block_size=block_size),
-                # COPY writes NULL as an empty field and '' as "": keep them apart
-                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                     quoted_strings_can_be_null=False))
-    except BaseException:
+            read_options = pacsv.ReadOptions(column_names=names, block_size=block_size)
+            # COPY writes NULL as an empty field and '' as "": keep them apart
+            convert_options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                   quoted_strings_can_be_null=False)
+            if consume is None:
+                table = pacsv.read_csv(f, read_options=read_options, convert_options=convert_options)
+            else:
+                consume(pacsv.open_csv(f, read_options=read_options, convert_options=convert_options))
+                table = pa.schema([(n, types[n]) for n in names]).empty_table()
+    except BaseException as e:
         t.join()  # the writer fails on the closed pipe: its error is the consequence, not the cause
         if error and not isinstance(error[0], BrokenPipeError | OSError):
             raise error[0] from None
+        if not error and isinstance(e, pa.ArrowInvalid) and "Empty CSV" in str(e):  # no rows at all
+            empty = pa.schema([(n, types[n]) for n in names]).empty_table()
+            if consume is not None:
+                consume(empty.to_reader())
+            return empty
         raise
     t.join()
     if error:
@@ -188,6 +204,63 @@ def _begin(conn: Any, dialect: str) -> str | None:
         return f"{row[0]}:{row[1]}" if row else None
 
 
+def _aggregate(con: duckdb.DuckDBPyConnection, plan: StockPlan, rows: Any, *, typed: bool,
+               unmapped_only: bool = False) -> None:
+    """facts_select's GROUP BY part on ``rows`` (a table or a stream of the per-row columns) into
+    erp_facts; with ``unmapped_only``, the SKUs of rows no location takes into erp_unmapped instead."""
+    cols = ", ".join(f"CAST({c} AS DECIMAL(38,10)) AS {c}" if c in ("qty", "safety") and not typed else c
+                     for c in plan.columns)
+    if plan.location_sql:
+        cols += f", {plan.location_sql} AS location"
+    con.register("_erp_rows", rows)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {ROWS_TABLE} AS SELECT {cols} FROM _erp_rows")
+    try:
+        if not unmapped_only:
+            con.execute(f"INSERT INTO erp_facts SELECT 'stock', sku, location, CAST(available AS {VALUE}), "
+                        f"NULL FROM ({plan.facts_sql})")
+        elif plan.location_sql:
+            # SKUs the ERP holds only in warehouses no location takes
+            con.execute(f"""
+                INSERT INTO erp_unmapped
+                SELECT sku, string_agg(DISTINCT coalesce(warehouse, 'NULL'), ',' ORDER BY
+                                       coalesce(warehouse, 'NULL'))
+                FROM {ROWS_TABLE}
+                WHERE location IS NULL AND sku IS NOT NULL AND trim(sku) <> ''
+                  AND sku NOT IN (SELECT sku FROM erp_facts WHERE kind = 'stock')
+                GROUP BY sku""")
+    finally:
+        con.execute(f"DROP VIEW {ROWS_TABLE}")
+        con.unregister("_erp_rows")
+
+
+def _stream_stock(conn: Any, con: duckdb.DuckDBPyConnection, plan: StockPlan, types: dict[str, pa.DataType],
+                  progress: Progress, block_size: int) -> pa.Table:
+    """PostgreSQL: DuckDB aggregates the batches while COPY still produces them (the ERP's work and ours
+    overlap); returns the rows no location takes (usually none), kept aside on the way."""
+    mapped = pa.array(plan.warehouses, pa.string())
+    idx = plan.columns.index("warehouse")
+    kept: list[pa.RecordBatch] = []
+    schema: list[pa.Schema] = []
+
+    def consume(reader: pa.RecordBatchReader) -> None:
+        schema.append(reader.schema)
+
+        def batches() -> Any:
+            for b in reader:
+                progress.add(b.num_rows)
+                wh = b.column(idx)  # dictionary-encoded: the test runs per distinct warehouse
+                known = pc.take(pc.is_in(wh.dictionary, value_set=mapped), wh.indices)
+                unmapped = pc.invert(pc.fill_null(known, False))
+                if pc.any(unmapped).as_py():
+                    kept.append(b.filter(unmapped))
+                yield b
+
+        _aggregate(con, plan, pa.RecordBatchReader.from_batches(reader.schema, batches()), typed=True)
+
+    _pg_read(conn, plan.rows_sql, plan.columns, types, progress, block_size, consume)
+    return pa.Table.from_batches(kept, schema=schema[0])
+
+
 def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: Any, *,
                  chunk_rows: int = 100_000, progress: bool | None = None,
                  now: float | None = None) -> ErpSnapshot:
@@ -201,17 +274,35 @@ def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: A
     def prog(label: str) -> Progress:
         return Progress(label, enabled=progress) if progress is not False else Quiet(label)
 
+    # the tables below are sets: letting DuckDB write them in any order saves a third of the time
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"CREATE OR REPLACE TABLE erp_facts (kind VARCHAR, sku VARCHAR, scope VARCHAR, "
+                f"value {VALUE}, currency VARCHAR)")
+    con.execute("CREATE OR REPLACE TABLE erp_unmapped (sku VARCHAR, warehouses VARCHAR)")
+    block = max(1 << 20, min(chunk_rows * 64, 64 << 20))
     snap.position = _begin(conn, dialect)
     try:
-        stock_rows = prices = None
-        typed = True
+        prices = None
         if plan is not None:
             p = prog("ERP stock rows")
             # a few warehouses over millions of rows: dictionary-encoded, the location CASE runs per
             # distinct warehouse
-            stock_rows, typed = _read(conn, dialect, plan.rows_sql, plan.columns,
-                                      {"qty": QTY, "safety": QTY,
-                                       "warehouse": pa.dictionary(pa.int32(), pa.string())}, p, chunk_rows)
+            types = {**dict.fromkeys(plan.columns, pa.string()), "qty": QTY, "safety": QTY,
+                     "warehouse": pa.dictionary(pa.int32(), pa.string())}
+            rows = None
+            if dialect == "postgres" and plan.location_sql:
+                try:
+                    rows = _stream_stock(conn, con, plan, {c: types[c] for c in plan.columns}, p, block)
+                    typed = True
+                except (pa.ArrowInvalid, duckdb.Error):  # a value the typed columns cannot hold exactly
+                    con.execute("DELETE FROM erp_facts")
+                    p.count = 0
+            if rows is None:
+                rows, _ = _read(conn, dialect, plan.rows_sql, plan.columns, {}, p, chunk_rows)
+                typed = False  # all text: DuckDB casts the numbers
+                _aggregate(con, plan, rows, typed=typed)
+            if rows.num_rows:
+                _aggregate(con, plan, rows, typed=typed, unmapped_only=True)
             p.done()
             snap.rows += p.count
         if "price" in selects:
@@ -225,33 +316,6 @@ def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: A
             cur.execute("COMMIT")
     snap.read_seconds = time.monotonic() - started
 
-    # the tables below are sets: letting DuckDB write them in any order saves a third of the time
-    con.execute("SET preserve_insertion_order = false")
-    con.execute(f"CREATE OR REPLACE TABLE erp_facts (kind VARCHAR, sku VARCHAR, scope VARCHAR, "
-                f"value {VALUE}, currency VARCHAR)")
-    con.execute("CREATE OR REPLACE TABLE erp_unmapped (sku VARCHAR, warehouses VARCHAR)")
-    if plan is not None and stock_rows is not None:
-        cols = ", ".join(f"CAST({c} AS DECIMAL(38,10)) AS {c}" if c in ("qty", "safety") and not typed else c
-                         for c in plan.columns)
-        con.register("_erp_rows", stock_rows)
-        if plan.location_sql:
-            cols += f", {plan.location_sql} AS location"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {ROWS_TABLE} AS SELECT {cols} FROM _erp_rows")
-        con.execute(f"INSERT INTO erp_facts SELECT 'stock', sku, location, CAST(available AS {VALUE}), NULL "
-                    f"FROM ({plan.facts_sql})")
-        if plan.location_sql and con.execute(
-                f"SELECT count(*) FROM {ROWS_TABLE} WHERE location IS NULL").fetchone()[0]:  # type: ignore[index]
-            # SKUs the ERP holds only in warehouses no location takes (rows without a location: few)
-            con.execute(f"""
-                INSERT INTO erp_unmapped
-                SELECT sku, string_agg(DISTINCT coalesce(warehouse, 'NULL'), ',' ORDER BY
-                                       coalesce(warehouse, 'NULL'))
-                FROM {ROWS_TABLE}
-                WHERE location IS NULL AND sku IS NOT NULL AND trim(sku) <> ''
-                  AND sku NOT IN (SELECT sku FROM erp_facts)
-                GROUP BY sku""")
-        con.execute(f"DROP VIEW {ROWS_TABLE}")
-        con.unregister("_erp_rows")
     if prices is not None:
         con.register("_erp_prices", prices)
         con.execute(f"""INSERT INTO erp_facts SELECT 'price', sku, price_list, CAST(amount AS {VALUE}),

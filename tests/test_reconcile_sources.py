@@ -282,3 +282,9 @@ def test_split_stock_select_equals_the_whole_select_in_the_erp(pg_dsn: str, tmp_
         assert got == {(s, loc, a.normalize() if a else Decimal(0)) for s, loc, a in want}
         assert snap.rows == 120 + 60  # stock rows (all products on sale) + valid price lines
         con.close()
+    with conn.cursor() as cur:  # an ERP without stock rows: no stock facts, not an error
+        cur.execute("DELETE FROM stock_quant")
+    con = duckdb.connect()
+    snapshot_erp(conn, "postgres", con, cfg, progress=False)
+    assert con.execute("SELECT kind, count(*) FROM erp_facts GROUP BY kind").fetchall() == [("price", 60)]
+    conn.close()
