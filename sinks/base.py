@@ -60,6 +60,25 @@ class Sink(ABC):
     def close(self) -> None:
         return None
 
+    def check(self, f: Fact) -> PushResult | None:
+        """What this sink's configuration says about a fact before any request: not synced here (OK, so it
+        is not retried), or refused (an unmapped location, price list or another currency); None: push it."""
+        cfg = self.config
+        if f.kind not in cfg.kinds:
+            return PushResult(f.key, Outcome.OK, f"{f.kind} is not synced to this sink")
+        if f.kind == "stock":
+            if cfg.locations and f.location not in cfg.locations:
+                return PushResult(f.key, Outcome.PERMANENT,
+                                  f"location {f.location!r} is not mapped for this sink")
+            return None
+        if f.price_list not in cfg.price_lists:
+            return PushResult(f.key, Outcome.PERMANENT,
+                              f"price list {f.price_list!r} is not mapped for this sink")
+        cur, shop_cur = f.value.get("currency"), getattr(cfg, "currency", None)
+        if shop_cur and cur and cur != shop_cur:
+            return PushResult(f.key, Outcome.PERMANENT, f"currency {cur} differs from the shop's {shop_cur}")
+        return None
+
     # shared helpers -----------------------------------------------------------------------------
     def all(self, facts: list[Fact], outcome: Outcome, message: str = "", **kw: object) -> list[PushResult]:
         return [PushResult(f.key, outcome, message, **kw) for f in facts]  # type: ignore[arg-type]

@@ -95,7 +95,7 @@ class MagentoSink(Sink):
         results: dict[FactKey, PushResult] = {}
         stock, regular, sale = [], [], []
         for f in newest_per_key(facts).values():
-            problem = self._check(f)
+            problem = self.check(f)
             if problem:
                 results[f.key] = problem
             elif f.kind == "stock":
@@ -111,26 +111,6 @@ class MagentoSink(Sink):
             for i in range(0, len(group), n):
                 self._prices(group[i : i + n], special, results)
         return [results[f.key] for f in facts]
-
-    def _check(self, f: Fact) -> PushResult | None:
-        if f.kind not in self.cfg.kinds:
-            return PushResult(f.key, Outcome.OK, f"{f.kind} is not synced to this sink")
-        if f.kind == "stock":
-            if self.cfg.locations and f.location not in self.cfg.locations:
-                return PushResult(
-                    f.key, Outcome.PERMANENT, f"location {f.location!r} is not mapped for this sink"
-                )
-            return None
-        if f.price_list not in self.cfg.price_lists:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"price list {f.price_list!r} is not mapped for this sink"
-            )
-        cur = f.value.get("currency")
-        if self.cfg.currency and cur and cur != self.cfg.currency:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"currency {cur} differs from the shop's {self.cfg.currency}"
-            )
-        return None
 
     def _source(self, f: Fact) -> str:
         return self.cfg.locations.get(f.location, f.location)

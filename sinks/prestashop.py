@@ -145,7 +145,7 @@ class PrestaShopSink(Sink):
         results: dict[FactKey, PushResult] = {}
         todo = []
         for f in newest_per_key(facts).values():
-            problem = self._check(f)
+            problem = self.check(f)
             if problem:
                 results[f.key] = problem
             else:
@@ -174,26 +174,6 @@ class PrestaShopSink(Sink):
         for f, res in zip(jobs, self.pool.map(lambda f: self._write(f, started), jobs), strict=True):
             results[f.key] = res
         return [results[f.key] for f in facts]
-
-    def _check(self, f: Fact) -> PushResult | None:
-        if f.kind not in self.cfg.kinds:
-            return PushResult(f.key, Outcome.OK, f"{f.kind} is not synced to this sink")
-        if f.kind == "stock":
-            if self.cfg.locations and f.location not in self.cfg.locations:
-                return PushResult(
-                    f.key, Outcome.PERMANENT, f"location {f.location!r} is not mapped for this sink"
-                )
-            return None
-        if f.price_list not in self.cfg.price_lists:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"price list {f.price_list!r} is not mapped for this sink"
-            )
-        cur = f.value.get("currency")
-        if self.cfg.currency and cur and cur != self.cfg.currency:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"currency {cur} differs from the shop's {self.cfg.currency}"
-            )
-        return None
 
     def _write(self, f: Fact, started: float) -> PushResult:
         pid, resolved_at = self.products[f.sku]

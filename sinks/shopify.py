@@ -247,7 +247,7 @@ class ShopifySink(Sink):
         results: dict[FactKey, PushResult] = {}
         todo: list[Fact] = []
         for f in newest.values():
-            problem = self._check(f)
+            problem = self.check(f)
             if problem is not None:
                 results[f.key] = problem
             else:
@@ -290,26 +290,6 @@ class ShopifySink(Sink):
 
     def _loc(self, f: Fact) -> str:
         return self.cfg.locations.get(f.location, f.location)
-
-    def _check(self, f: Fact) -> PushResult | None:
-        if f.kind not in self.cfg.kinds:
-            return PushResult(f.key, Outcome.OK, f"{f.kind} is not synced to this sink")
-        if f.kind == "stock":
-            if self.cfg.locations and f.location not in self.cfg.locations:
-                return PushResult(
-                    f.key, Outcome.PERMANENT, f"location {f.location!r} is not mapped for this sink"
-                )
-            return None
-        if f.price_list not in self.cfg.price_lists:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"price list {f.price_list!r} is not mapped for this sink"
-            )
-        cur = f.value.get("currency")
-        if self.cfg.currency and cur and cur != self.cfg.currency:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"currency {cur} differs from the shop's {self.cfg.currency}"
-            )
-        return None
 
     def _stale_or_permanent(self, f: Fact, started: float, message: str) -> PushResult:
         """An id the shop no longer knows: if it came from the cache, forget it and retry (the SKU may have

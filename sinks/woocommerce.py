@@ -87,7 +87,7 @@ class WooCommerceSink(Sink):
         results: dict[FactKey, PushResult] = {}
         todo = []
         for f in newest_per_key(facts).values():
-            problem = self._check(f)
+            problem = self.check(f)
             if problem:
                 results[f.key] = problem
             else:
@@ -119,26 +119,15 @@ class WooCommerceSink(Sink):
                 self._batch(parent, skus[i : i + BATCH_LIMIT], by_sku, results, started)
         return [results[f.key] for f in facts]
 
-    def _check(self, f: Fact) -> PushResult | None:
-        if f.kind not in self.cfg.kinds:
-            return PushResult(f.key, Outcome.OK, f"{f.kind} is not synced to this sink")
-        if f.kind == "stock":
-            target = self.cfg.locations.get(f.location) if self.cfg.locations else "stock"
-            if target is None or not (target == "stock" or target.startswith("meta:")):
+    def check(self, f: Fact) -> PushResult | None:
+        # a location must map to the product's own stock or to a stock meta field (per-location plugins)
+        if f.kind == "stock" and f.kind in self.cfg.kinds and self.cfg.locations:
+            target = self.cfg.locations.get(f.location)
+            if target is not None and not (target == "stock" or target.startswith("meta:")):
                 return PushResult(
                     f.key, Outcome.PERMANENT, f"location {f.location!r} is not mapped for this sink"
                 )
-            return None
-        if f.price_list not in self.cfg.price_lists:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"price list {f.price_list!r} is not mapped for this sink"
-            )
-        cur = f.value.get("currency")
-        if self.cfg.currency and cur and cur != self.cfg.currency:
-            return PushResult(
-                f.key, Outcome.PERMANENT, f"currency {cur} differs from the shop's {self.cfg.currency}"
-            )
-        return None
+        return super().check(f)
 
     def _item(self, sku: str, facts: list[Fact]) -> dict[str, Any]:
         item: dict[str, Any] = {"id": self.ids[sku][0]}
