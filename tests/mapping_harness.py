@@ -8,6 +8,7 @@ the same ``now``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,17 @@ class MariaHarness(_Harness):
                 break
         self.logged = target
         self._store(list(facts.values()))
+
+
+def replay(h: Any, steps: list[Any], run_op: Callable[[Any, tuple[Any, ...]], None]) -> None:
+    """Run hypothesis steps (ERP transactions of operations, or clock advances) and check the stream
+    against the snapshot SELECT after each one."""
+    for s in steps:
+        if s[0] == "clock":
+            h.advance(s[1])
+        else:
+            h.begin()
+            for o in s[1]:
+                run_op(h, o)
+            h.commit()
+        h.check()

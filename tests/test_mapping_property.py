@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mapping_harness import T0, PgHarness
+from tests.mapping_harness import T0, PgHarness, replay
 
 DAY = 86_400.0
 codes = st.sampled_from(["A", "B", "C", None, ""])
@@ -157,12 +157,4 @@ def run_op(h: PgHarness, o: tuple[Any, ...]) -> None:
 def test_stream_equals_snapshot_select_on_postgres(harness: PgHarness, steps: list[Any]) -> None:
     h = harness
     h.reset()
-    for s in steps:
-        if s[0] == "clock":
-            h.advance(s[1])
-        else:
-            h.begin()
-            for o in s[1]:
-                run_op(h, o)
-            h.commit()
-        h.check()
+    replay(h, steps, run_op)

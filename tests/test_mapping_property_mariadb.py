@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mapping_harness import T0, MariaHarness
+from tests.mapping_harness import T0, MariaHarness, replay
 
 DAY = 86_400.0
 # refs that collide under MariaDB's case- and trailing-space-insensitive collation, and a blank one
@@ -136,15 +136,7 @@ def test_binlog_stream_equals_snapshot_select_on_mariadb(harness: MariaHarness, 
             run_op(h, ("price", i, level, T0 - DAY, Decimal(10 * i + level) + Decimal("0.125")))
     h.commit()
     h.check()
-    for s in steps:
-        if s[0] == "clock":
-            h.advance(s[1])
-        else:
-            h.begin()
-            for o in s[1]:
-                run_op(h, o)
-            h.commit()
-        h.check()
+    replay(h, steps, run_op)
 
 
 def test_harness_sees_decimal_types_from_the_binlog(harness: MariaHarness) -> None:
