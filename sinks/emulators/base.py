@@ -21,6 +21,26 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class RateLimit:
+    """Token bucket (burst = one second's worth) answering how long to wait when empty."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.tokens = max(1.0, rate or 1.0)
+        self.at = time.monotonic()
+
+    def take(self) -> float | None:
+        if not self.rate:
+            return None
+        now = time.monotonic()
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.rate
+
+
 class Faults(BaseModel):
     """Fault injection rates (0..1 per request) and modes. Applied before the platform sees the request."""
 

@@ -17,8 +17,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sinks.emulators.base import Emulator, Faults, Request, Response
-from sinks.emulators.woocommerce import RateLimit
+from sinks.emulators.base import Emulator, Faults, RateLimit, Request, Response
 
 
 def _err(status: int, message: str, parameters: Any = None, **extra: Any) -> Response:

@@ -19,8 +19,7 @@ import xml.etree.ElementTree as ET
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sinks.emulators.base import Emulator, Faults, Request, Response
-from sinks.emulators.woocommerce import RateLimit
+from sinks.emulators.base import Emulator, Faults, RateLimit, Request, Response
 
 STOCK_FIELDS = {
     "id",

@@ -17,37 +17,16 @@ from __future__ import annotations
 import base64
 import math
 import re
-import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sinks.emulators.base import Emulator, Faults, Request, Response
+from sinks.emulators.base import Emulator, Faults, RateLimit, Request, Response
 
 BATCH_LIMIT = 100
 
 
 def _err(status: int, code: str, message: str, **data: Any) -> Response:
     return Response(status, {"code": code, "message": message, "data": {"status": status, **data}})
-
-
-class RateLimit:
-    """Token bucket (burst = one second's worth) answering how long to wait when empty."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.tokens = max(1.0, rate or 1.0)
-        self.at = time.monotonic()
-
-    def take(self) -> float | None:
-        if not self.rate:
-            return None
-        now = time.monotonic()
-        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return None
-        return (1.0 - self.tokens) / self.rate
 
 
 class WooCommerceEmulator(Emulator):
