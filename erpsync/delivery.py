@@ -20,6 +20,10 @@ from sinks.base import Outcome, Sink, backoff_seconds
 
 log = logging.getLogger("erpsync.delivery")
 OUTAGE_ATTEMPTS = 8  # during an outage the backoff stops growing here (≈ 60 s cap); the count is not spent
+# While every fact of every batch fails transiently the shop is down: the thread pauses between batches
+# (doubling up to this cap, or the shop's Retry-After) instead of cycling through the whole backlog — a
+# down shop must not cost the ERP side CPU or the outbox's write lock.
+DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX = 0.05, 5.0
 
 
 class Deliverer(threading.Thread):
@@ -34,6 +38,7 @@ class Deliverer(threading.Thread):
         self.stop_event = threading.Event()
         self.drain_until: float | None = None
         self.delivered = 0
+        self.down_batches = 0  # consecutive batches that failed whole (the shop is down)
         self.error: BaseException | None = None
 
     def stop(self, drain_seconds: float = 0.0) -> None:
@@ -64,16 +69,31 @@ class Deliverer(threading.Thread):
                     self.wake.clear()
                     continue
                 try:
-                    self._push(queue, batch)
+                    down_for = self._push(queue, batch)
                 except sqlite3.OperationalError as e:  # acks not recorded: a harmless re-push later
                     log.warning("outbox busy for sink %s: %s", self.sink.name, e)
+                    continue
+                if down_for is None:
+                    self.down_batches = 0
+                    continue
+                self.down_batches += 1
+                pause = min(DOWN_PAUSE_MAX, DOWN_PAUSE_FIRST * 2 ** min(self.down_batches - 1, 20))
+                pause = max(pause, min(down_for, 60.0))
+                if self.drain_until is not None:
+                    pause = min(pause, max(0.0, self.drain_until - time.monotonic()))
+                if self.down_batches == 8:  # said once per outage, not per probe
+                    log.warning("sink %s: every push fails; the shop looks down (probing every %.0f s, "
+                                "facts wait in the outbox)", self.sink.name, DOWN_PAUSE_MAX)
+                self.stop_event.wait(pause)
         except BaseException as e:  # a dead delivery thread must be visible, not silent
             self.error = e
             log.exception("delivery thread for sink %s stopped", self.sink.name)
         finally:
             queue.close()
 
-    def _push(self, queue: SinkQueue, batch: list[Pending]) -> None:
+    def _push(self, queue: SinkQueue, batch: list[Pending]) -> float | None:
+        """Push one batch and record each fact's outcome. Returns None, or when the whole batch failed
+        transiently (the shop is down) how long the shop asked to wait (0 if it did not say)."""
         facts = [p.fact for p in batch]
         started = time.time()
         with metrics.sink_request_seconds.labels(self.sink.name).time():
@@ -115,3 +135,6 @@ class Deliverer(threading.Thread):
                 log.warning("dead-lettered %s for sink %s: %s", f.key, name, msg)
         log.info("pushed batch", extra=fields(sink=name, facts=len(batch), ok=len(ok), retry=len(retry),
                                                dead=len(dead), ms=round((now - started) * 1000, 1)))
+        if not shop_down or not results:
+            return None
+        return max(r.retry_after or 0.0 for r in results)
