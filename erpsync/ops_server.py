@@ -59,7 +59,8 @@ class OpsServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> OpsServer:
-        server_cls = type("_OpsHTTPServer", (ThreadingHTTPServer,), {"daemon_threads": True})
+        server_cls = type("_OpsHTTPServer", (ThreadingHTTPServer,),
+                          {"daemon_threads": True, "handle_error": _quiet_handle_error})
         if ":" in self.host:
             import socket
 
@@ -123,6 +124,13 @@ class OpsServer:
         return not reasons, body
 
 
+def _quiet_handle_error(_server: Any, _request: Any, client_address: Any) -> None:
+    # socketserver prints a traceback to stderr for any handler error (a client hanging up mid-answer);
+    # a debug line is enough, and stderr stays JSON when --log-format json.
+    peer = client_address[0] if client_address else "?"
+    log.debug("ops endpoint: connection from %s ended abnormally", peer)
+
+
 def _handler(ops: OpsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "erpsync-ops"
@@ -158,6 +166,8 @@ def _handler(ops: OpsServer) -> type[BaseHTTPRequestHandler]:
                     self._json(200 if ok else 503, body)
                 else:
                     self._json(404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]})
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the scraper hung up (its timeout): nothing to answer, nothing wrong here
             except Exception as e:
                 log.exception("ops endpoint %s failed", path)
                 self._json(500, {"error": type(e).__name__})

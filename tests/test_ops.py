@@ -185,3 +185,22 @@ def test_ops_endpoint_binds_loopback_by_default() -> None:
         assert ops._server is not None and ops._server.server_address[0] == "127.0.0.1"
     finally:
         ops.stop()
+
+
+def test_a_scraper_hanging_up_mid_answer_is_not_an_error(tmp_path, caplog, capsys) -> None:
+    """Prometheus gives up on a slow scrape by closing the socket: no traceback, no ERROR line."""
+    import struct
+    import time
+
+    s = OpsServer(OpsConfig(listen="127.0.0.1:0"), tmp_path / "outbox.db", []).start()
+    try:
+        for _ in range(20):
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.close()
+        time.sleep(1)
+    finally:
+        s.stop()
+    assert "Traceback" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= 40 and r.name.startswith("erpsync")]
