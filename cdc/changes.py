@@ -95,6 +95,9 @@ class Source(Protocol):
     """One reader per slot / binlog. All calls happen on one thread (the ERP-side thread)."""
 
     name: str
+    # Commit time of the newest ERP transaction read (0: none yet). The caller seeds it from the outbox on
+    # resume, so a reader that restarts behind reports its true lag before the first commit arrives.
+    last_commit_ts: float
 
     def prepare(self) -> None:
         """Check prerequisites and create the slot/publication (or equivalent). Raises SourceError."""

@@ -228,6 +228,11 @@ class Outbox:
                                 (source,)).fetchone()
         return row[0] if row and row[1] else None
 
+    def position_commit_ts(self, source: str) -> float:
+        """ERP commit time of the transaction the stored position ends (0 if unknown)."""
+        row = self.conn.execute("SELECT commit_ts FROM positions WHERE source=?", (source,)).fetchone()
+        return float(row[0]) if row and row[0] else 0.0
+
     def reset(self) -> None:
         """Forget positions and derived state (for a re-snapshot). Facts stay: the snapshot rewrites them
         and unchanged values are not pushed again."""

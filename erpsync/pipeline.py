@@ -126,6 +126,9 @@ class Pipeline:
             for d in self.deliverers:
                 d.start()
             if stored is not None and not stop.is_set():
+                # lag in seconds counts from the last transaction the outbox holds until a newer one is read
+                self.source.last_commit_ts = self.source.last_commit_ts or self.outbox.position_commit_ts(
+                    self.source_id)
                 metrics.source_connected.set(1)
                 self._stream(stored, stop)
         finally:

@@ -306,6 +306,45 @@ def test_ack_confirms_exactly_and_resume_skips_acked(pg_dsn: str, make_source: A
     src2.close()
 
 
+def test_lag_seconds_count_while_behind_even_when_nothing_arrives(pg_dsn: str, make_source: Any) -> None:
+    """Behind the ERP means lag in seconds, also when no message is arriving: right after a restart
+    (seeded, as the pipeline does, with the commit time the outbox holds) and while the server is still
+    decoding a large transaction. Once everything is read and the ERP is quiet, the lag is 0."""
+    execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY, pad text)")
+    src = make_source(["items"])
+    src.prepare()
+    _, start = snapshot_all(src)
+    src.ack(start)
+    src.close()
+    held_ts = time.time()  # commit time of the last transaction "the outbox holds"
+    time.sleep(2)
+    execute(pg_dsn, "INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 200000) g")
+    end = insert_lsn(pg_dsn)
+    src2 = make_source(["items"])
+    src2.prepare()
+    src2.last_commit_ts = held_ts
+    lag = src2.lag()
+    assert lag["bytes"] > 1 << 20 and lag["seconds"] >= 2, lag  # restarted behind: not "0 s"
+    before_data: list[float] = []
+    data_seen = False
+    deadline = time.monotonic() + 60
+    stream = src2.stream(start)
+    for chunk in stream:
+        data_seen = data_seen or bool(chunk.changes)
+        if not data_seen:
+            before_data.append(src2.lag()["seconds"])  # the server is decoding: still behind
+        if chunk.commit and lsn_to_int(chunk.commit.position) >= end:
+            break
+        assert time.monotonic() < deadline
+    assert all(s >= 2 for s in before_data), before_data
+    src2.ack(int_to_lsn(end))
+    idle_until = time.monotonic() + 3
+    for _chunk in stream:  # read on while the ERP is quiet: caught up
+        if time.monotonic() > idle_until:
+            break
+    assert src2.lag()["seconds"] == 0
+
+
 def test_idle_database_confirms_heartbeats_while_others_write(pg_server: ThrowawayPostgres, pg_dsn: str,
                                                               make_source: Any) -> None:
     execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY)")

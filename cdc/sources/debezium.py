@@ -230,7 +230,7 @@ class DebeziumSource:
             transport = (NatsTransport(cfg, max_ack_pending=cfg.batch * 50) if cfg.transport == "nats"
                          else KafkaTransport(cfg))
         self.transport: Transport = transport
-        self._last_ts = 0.0
+        self.last_commit_ts = 0.0
         self._closed = False
 
     def prepare(self) -> None:
@@ -260,7 +260,7 @@ class DebeziumSource:
             ts = time.time()
             if changes:
                 ts = max(c.source.ts_ms for c in changes) / 1000.0 or ts
-                self._last_ts = ts
+                self.last_commit_ts = ts
             yield Chunk(changes, Commit(events[-1].position, ts))
 
     def ack(self, position: str) -> None:
@@ -268,7 +268,8 @@ class DebeziumSource:
 
     def lag(self) -> dict[str, float]:
         pending = self.transport.pending()
-        return {"bytes": float(pending), "seconds": max(0.0, time.time() - self._last_ts) if pending else 0.0}
+        secs = max(0.0, time.time() - self.last_commit_ts) if pending and self.last_commit_ts else 0.0
+        return {"bytes": float(pending), "seconds": secs}
 
     def compare(self, a: str, b: str) -> int:
         return self.transport.compare(a, b)

@@ -573,7 +573,7 @@ class MySQLSource:
         self._info: dict[tuple[str, str], TableInfo] = {}
         self._acked: str | None = None
         self._read_pos: BinlogPosition | None = None
-        self._last_commit_ts = 0.0
+        self.last_commit_ts = 0.0
         self._closed = False
 
     # -- helpers
@@ -999,7 +999,7 @@ class MySQLSource:
                     changes.clear()
                     sources.clear()
                     continue
-                self._last_commit_ts = ts
+                self.last_commit_ts = ts
                 now = time.monotonic()
                 if changes or now - last_yield >= IDLE_SECONDS:
                     ptext = str(pos)
@@ -1152,7 +1152,7 @@ class MySQLSource:
                 behind += max(0, size - pos.offset)
             elif fk[:2] > key[:2]:
                 behind += size
-        secs = max(0.0, time.time() - self._last_commit_ts) if behind and self._last_commit_ts else 0.0
+        secs = max(0.0, time.time() - self.last_commit_ts) if behind and self.last_commit_ts else 0.0
         return {"bytes": float(behind), "seconds": secs}
 
     def compare(self, a: str, b: str) -> int:

@@ -37,6 +37,7 @@ __all__ = ["PostgresSource", "ReplicationConnectionLost", "int_to_lsn", "lsn_to_
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 5_000
+CAUGHT_UP_BYTES = 1 << 20  # less WAL than this not yet sent or confirmed: the reader is not behind
 IDLE_TICK = 0.5  # an empty chunk at least this often while idle, so the caller can stop / confirm
 FIRST_USER_OID = 16384
 
@@ -65,7 +66,8 @@ class PostgresSource:
         self._last_heartbeat = 0.0
         self._lag_cache: tuple[float, dict[str, Any]] | None = None
         self._idle = True
-        self._last_commit_ts = 0.0
+        self._sent_lsn = 0  # the server's sent position (wal_end) at the last empty read
+        self.last_commit_ts = 0.0
         self._base_types: dict[int, int] = {}
         self.db = ""
 
@@ -376,6 +378,7 @@ class PostgresSource:
                     self._maybe_feedback(now)
                     self._maybe_heartbeat(now)
                     wal_end = cur.wal_end
+                    self._sent_lsn = max(self._sent_lsn, wal_end)
                     if not in_txn and wal_end > last_pos:
                         # Nothing published up to the server's sent position: let the caller confirm it,
                         # or an idle/filtered database makes the slot retain WAL forever.
@@ -410,7 +413,7 @@ class PostgresSource:
                 elif k == 67:  # C
                     c = decode(buf)
                     in_txn = False
-                    self._last_commit_ts = c.ts  # type: ignore[union-attr]
+                    self.last_commit_ts = c.ts  # type: ignore[union-attr]
                     if not skip and c.end_lsn > last_pos:  # type: ignore[union-attr]
                         last_pos = c.end_lsn  # type: ignore[union-attr]
                         chunk = Chunk(changes=changes,
@@ -471,14 +474,19 @@ class PostgresSource:
         now = time.monotonic()
         if self._lag_cache is None or now - self._lag_cache[0] >= 1.0:
             rows = self._q("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8, "
-                           "(pg_current_wal_lsn() - restart_lsn)::float8, wal_status "
+                           "(pg_current_wal_lsn() - restart_lsn)::float8, wal_status, "
+                           "(pg_current_wal_lsn() - '0/0'::pg_lsn)::float8 "
                            "FROM pg_replication_slots WHERE slot_name = %s", (self.config.slot,))
-            b, r, st = rows[0] if rows else (None, None, None)
+            b, r, st, cur = rows[0] if rows else (None, None, None, None)
             self._lag_cache = (now, {"bytes": float(b or 0), "retained_bytes": float(r or 0),
-                                     "wal_status": st, "slot_exists": bool(rows)})
+                                     "wal_status": st, "slot_exists": bool(rows),
+                                     "unsent": max(0.0, float(cur or 0) - self._sent_lsn) if rows else 0.0})
         out = dict(self._lag_cache[1])
-        out["seconds"] = 0.0 if self._idle or not self._last_commit_ts else max(
-            0.0, time.time() - self._last_commit_ts)
+        # No message to read is not "caught up": while the server decodes a large transaction (or before
+        # the first message after a restart) nothing arrives either. Caught up = nothing left unsent.
+        caught_up = self._idle and min(out.pop("unsent"), out["bytes"]) < CAUGHT_UP_BYTES
+        out["seconds"] = 0.0 if caught_up or not self.last_commit_ts else max(
+            0.0, time.time() - self.last_commit_ts)
         return out
 
     def compare(self, a: str, b: str) -> int:
