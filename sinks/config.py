@@ -36,6 +36,9 @@ class WebhookSinkConfig(SinkConfigBase):
         None, description="GET returning {stock: {sku: {location: qty}}, prices: {sku: {list: {amount, "
         "currency, compare_at}}}} so the reconciler can list the receiver's state"
     )
+    list_timeout_seconds: float = Field(
+        120.0, gt=0, description="timeout of the list_url GET (one response holding the whole catalogue)"
+    )
 
 
 PriceField = Literal["regular", "sale", "compare_at"]

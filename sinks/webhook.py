@@ -95,7 +95,7 @@ class WebhookSink(Sink):
         """The receiver's state from ``list_url`` (the webhook emulator serves it at /_emulator/state)."""
         if not self.cfg.list_url:
             raise NotImplementedError("webhook sink cannot list the receiver: set list_url")
-        resp = self.client.get(self.cfg.list_url)
+        resp = self.client.get(self.cfg.list_url, timeout=self.cfg.list_timeout_seconds)
         if resp.status_code != 200:
             raise RuntimeError(f"list_url: {describe_http_error(resp)}")
         data = resp.json()

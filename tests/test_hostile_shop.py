@@ -131,3 +131,31 @@ def test_broken_transport_is_retried(raw_server: tuple[str, list[bytes]], raw: b
     results = push(url)
     assert [r.outcome for r in results] == [Outcome.RETRY] * len(FACTS)
     assert needle in results[0].message, results[0].message
+
+
+def test_listing_a_large_receiver_is_not_cut_by_the_push_timeout() -> None:
+    """list_url answers the whole catalogue at once (seconds for 1M SKUs): its own timeout, not the
+    pushes' short one (the chaos run's reconcile failed on a 2 s push timeout)."""
+    import time
+
+    import httpx
+
+    class SlowList(WebhookEmulator):
+        def state(self):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)
+            return super().state()
+
+    shop = SlowList()
+    shop.start()
+    try:
+        cfg = {"name": "shop", "url": shop.endpoint, "timeout_seconds": 0.3,
+               "list_url": f"{shop.url}/_emulator/state"}
+        sink = WebhookSink(WebhookSinkConfig(**cfg))
+        assert list(sink.snapshot()) == []  # empty receiver, listed despite the 0.3 s push timeout
+        sink.close()
+        sink = WebhookSink(WebhookSinkConfig(**cfg, list_timeout_seconds=0.3))
+        with pytest.raises(httpx.ReadTimeout):
+            list(sink.snapshot())
+        sink.close()
+    finally:
+        shop.stop()
