@@ -113,6 +113,9 @@ def run(config: str, drain_seconds: float) -> None:
         from reconciler.schedule import start_thread
 
         start_thread(cfg.reconcile.schedule, scheduled_job(cfg), stop)
+    # An outbox that already exists has worked on this disk: a write error now (disk full, remounted
+    # read-only) is a fault to wait out, not a wrong outbox.path to stop for.
+    outbox_worked = _outbox_exists(cfg.outbox_path())
     streamed = False
     attempt = 0
     pipeline: Any = None
@@ -131,19 +134,20 @@ def run(config: str, drain_seconds: float) -> None:
             if not (streamed and "cannot connect" in str(e)):
                 raise Fail(str(e)) from None
             reason: Exception = e
+            what = "source connection lost"
         except _transient_errors() as e:
-            reason = e
+            reason, what = e, "source connection lost"
         except sqlite3.OperationalError as e:  # outbox disk full / read-only: retry once it worked before
-            if not (streamed or (pipeline is not None and pipeline.stats.position is not None)):
+            if not (streamed or outbox_worked or (pipeline and pipeline.stats.position is not None)):
                 raise Fail(f"{config}: outbox.path: {e}") from None
-            reason = e
+            reason, what = e, f"outbox {cfg.outbox_path()} not writable"
         progressed = pipeline is not None and pipeline.stats.position is not None
         streamed = streamed or progressed
         if stop.is_set():
             return
         attempt = 1 if progressed else attempt + 1
         delay = min(30.0, 0.5 * 2 ** (attempt - 1))
-        log.warning("source connection lost (%s); reconnecting in %.1fs", _short(reason), delay)
+        log.warning("%s (%s); reconnecting in %.1fs", what, _short(reason), delay)
         stop.wait(delay)
     log.info("stopped", extra={"fields": {"transactions": stats.transactions, "changes": stats.changes,
                                           "position": stats.position}})
@@ -201,6 +205,14 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
     return (ConnectionError, TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError,
             pymysql.err.OperationalError, pymysql.err.InterfaceError)
+
+
+def _outbox_exists(path: str | Path) -> bool:
+    # Not opened: on a full disk even a read-only open fails (SQLite needs its -shm file).
+    try:
+        return Path(path).stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _short(e: BaseException) -> str:
