@@ -91,13 +91,6 @@ def run(config: str, drain_seconds: float) -> None:
     from erpsync.pipeline import Pipeline
 
     cfg = _load(config)
-    try:
-        if cfg.source.kind != "debezium":  # a Debezium bridge has no ERP connection to check against
-            check_mapping(cfg)
-    except SchemaError as e:
-        raise Fail(f"{config}: {e}", 2) from None
-    except ConnectError as e:
-        raise Fail(f"{config}: {e}") from None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -106,6 +99,24 @@ def run(config: str, drain_seconds: float) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # An outbox that already exists has worked here before: an ERP that is restarting (or not up yet after
+    # a reboot) and a full or read-only outbox disk are faults to wait out, not configuration to stop for.
+    outbox_worked = _outbox_exists(cfg.outbox_path())
+    attempt = 0
+    while cfg.source.kind != "debezium":  # a Debezium bridge has no ERP connection to check against
+        try:
+            check_mapping(cfg)
+            break
+        except SchemaError as e:
+            raise Fail(f"{config}: {e}", 2) from None
+        except ConnectError as e:
+            if not (outbox_worked and _erp_restarting(str(e))):
+                raise Fail(f"{config}: {e}") from None
+            attempt += 1
+            delay = min(30.0, 0.5 * 2 ** (attempt - 1))
+            log.warning("%s; retrying in %.1fs", str(e).strip().splitlines()[0], delay)
+            if stop.wait(delay):
+                return
     from erpsync.ops_server import OpsListenError
 
     if cfg.reconcile and cfg.reconcile.schedule:  # the drift report runs beside the stream, same stop
@@ -113,9 +124,6 @@ def run(config: str, drain_seconds: float) -> None:
         from reconciler.schedule import start_thread
 
         start_thread(cfg.reconcile.schedule, scheduled_job(cfg), stop)
-    # An outbox that already exists has worked on this disk: a write error now (disk full, remounted
-    # read-only) is a fault to wait out, not a wrong outbox.path to stop for.
-    outbox_worked = _outbox_exists(cfg.outbox_path())
     streamed = False
     attempt = 0
     pipeline: Any = None
@@ -131,17 +139,21 @@ def run(config: str, drain_seconds: float) -> None:
         except OpsListenError as e:
             raise Fail(f"{config}: {e} (set ops.listen to a free host:port)") from None
         except SourceError as e:
-            if not (streamed and "cannot connect" in str(e)):
-                raise Fail(str(e)) from None
+            msg = str(e)
+            # lost / refused connections end when the ERP is back; anything else needs a person
+            lost = "cannot connect" in msg or ("was lost" in msg and "server_id" not in msg)
+            back_soon = streamed or _progressed(pipeline) or (outbox_worked and _erp_restarting(msg))
+            if not (lost and back_soon):
+                raise Fail(msg) from None
             reason: Exception = e
             what = "source connection lost"
         except _transient_errors() as e:
             reason, what = e, "source connection lost"
         except sqlite3.OperationalError as e:  # outbox disk full / read-only: retry once it worked before
-            if not (streamed or outbox_worked or (pipeline and pipeline.stats.position is not None)):
+            if not (streamed or outbox_worked or _progressed(pipeline)):
                 raise Fail(f"{config}: outbox.path: {e}") from None
             reason, what = e, f"outbox {cfg.outbox_path()} not writable"
-        progressed = pipeline is not None and pipeline.stats.position is not None
+        progressed = _progressed(pipeline)
         streamed = streamed or progressed
         if stop.is_set():
             return
@@ -207,12 +219,27 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
             pymysql.err.OperationalError, pymysql.err.InterfaceError)
 
 
+def _progressed(pipeline: Any) -> bool:
+    """This attempt got as far as a position (snapshot done or a commit streamed)."""
+    return pipeline is not None and pipeline.stats.position is not None
+
+
 def _outbox_exists(path: str | Path) -> bool:
     # Not opened: on a full disk even a read-only open fails (SQLite needs its -shm file).
     try:
         return Path(path).stat().st_size > 0
     except OSError:
         return False
+
+
+_RESTARTING = ("connection refused", "the database system is", "can't connect", "could not connect",
+               "timeout expired", "timed out", "lost connection", "server closed the connection")
+
+
+def _erp_restarting(message: str) -> bool:
+    """A connection failure only time fixes (refused, starting up, shutting down) — not credentials."""
+    m = message.lower()
+    return any(t in m for t in _RESTARTING) and "password" not in m and "access denied" not in m
 
 
 def _short(e: BaseException) -> str:

@@ -138,3 +138,48 @@ def test_erp_server_restarts_are_survived(tmp_path: Path) -> None:
             proc.kill()
             shop.stop()
             erp.close()
+
+
+def test_erpsync_restarted_while_the_erp_is_down_waits_for_it(tmp_path: Path) -> None:
+    """A host reboot may start erpsync before its database: with an existing outbox `run` waits for the
+    ERP (refused / shutting down / starting up) instead of exiting, then streams on from its position."""
+    import os
+    import subprocess as sp
+
+    from erpsync.throwaway.postgres import ThrowawayPostgres
+
+    rng = random.Random(6)
+    with ThrowawayPostgres() as pg:
+        data = os.path.join(pg.dir, "data")
+        erp = PostgresErp(pg.create_database("erp"))
+        erp.create_stock_table()
+        skus = erp.seed(50, rng)
+        shop = WebhookEmulator()
+        shop.start()
+        config = erp.config(tmp_path, shop.endpoint)
+        log = tmp_path / "run.log"
+        proc = start(config, log)
+        try:
+            assert wait_for(lambda: shop.stock() == erp.expected(), timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+            erp.conn.close()
+            sp.run(pg._cmd([pg.pg_ctl, "-D", data, "-w", "-m", "fast", "stop"]), check=True,
+                   capture_output=True)
+            proc = start(config, log)
+            time.sleep(4)
+            assert proc.poll() is None, "run exited while the ERP was down: " + log.read_text()[-1500:]
+            assert "retrying in" in log.read_text()
+            sp.run(pg._cmd([pg.pg_ctl, "-D", data, "-w", "-l", os.path.join(pg.dir, "log"), "start"]),
+                   check=True, capture_output=True)
+            erp.conn = PostgresErp(erp.dsn).conn
+            for _ in range(30):
+                erp.transaction(erp.random_transaction(rng, skus))
+            assert wait_for(lambda: shop.stock() == erp.expected(), timeout=90), "shop did not converge"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            shop.stop()
+            erp.close()
