@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,10 @@ def main(log_level: str, log_format: str) -> None:
 @click.option("--config", "-c", required=True, type=click.Path(dir_okay=False), help="YAML config file")
 @click.option("--drain-seconds", default=5.0, show_default=True,
               help="on SIGTERM, keep pushing pending facts for up to this long")
-def run(config: str, drain_seconds: float) -> None:
+@click.option("--wait-for-erp", default=300.0, show_default=True,
+              help="seconds to wait at start for an ERP that refuses connections, when the outbox exists "
+                   "(a reboot may start erpsync before the database); then exit 1")
+def run(config: str, drain_seconds: float, wait_for_erp: float) -> None:
     """Stream ERP changes to the shops until SIGTERM/SIGINT (then flush, confirm and exit 0)."""
     from cdc.changes import SourceError
     from erpsync.erpdb import ConnectError, SchemaError, check_mapping
@@ -103,6 +107,7 @@ def run(config: str, drain_seconds: float) -> None:
     # a reboot) and a full or read-only outbox disk are faults to wait out, not configuration to stop for.
     outbox_worked = _outbox_exists(cfg.outbox_path())
     attempt = 0
+    give_up = time.monotonic() + wait_for_erp
     while cfg.source.kind != "debezium":  # a Debezium bridge has no ERP connection to check against
         try:
             check_mapping(cfg)
@@ -110,11 +115,12 @@ def run(config: str, drain_seconds: float) -> None:
         except SchemaError as e:
             raise Fail(f"{config}: {e}", 2) from None
         except ConnectError as e:
-            if not (outbox_worked and _erp_restarting(str(e))):
+            left = give_up - time.monotonic()
+            if not (outbox_worked and _erp_restarting(str(e)) and left > 0):
                 raise Fail(f"{config}: {e}") from None
             attempt += 1
-            delay = min(30.0, 0.5 * 2 ** (attempt - 1))
-            log.warning("%s; retrying in %.1fs", str(e).strip().splitlines()[0], delay)
+            delay = min(30.0, 0.5 * 2 ** (attempt - 1), left)
+            log.warning("%s; retrying in %.1fs (up to --wait-for-erp)", str(e).strip().splitlines()[0], delay)
             if stop.wait(delay):
                 return
     from erpsync.ops_server import OpsListenError

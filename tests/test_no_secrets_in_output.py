@@ -95,8 +95,9 @@ def test_run_status_doctor_never_print_secrets(pg_dsn: str, tmp_path: Path) -> N
     # a failing run (ERP unreachable) must not echo the DSN either
     bad_dsn = f"host=127.0.0.1 port={free_port()} dbname=x user=y password=${{ERP_PW}}"
     bad = write(tmp_path, "bad.yaml", {**cfg, "source": {**source, "dsn": bad_dsn}})
-    r = cli("run", "--config", bad, env=env)
-    assert r.returncode == 1 and "cannot connect" in r.stderr
+    # (the outbox exists, so run first waits for the ERP — its retry lines are checked too — then exits)
+    r = cli("run", "--config", bad, "--wait-for-erp", "2", env=env)
+    assert r.returncode == 1 and "cannot connect" in r.stderr and "retrying in" in r.stderr
     outputs += [r.stdout, r.stderr]
 
     # decommission: no slot left retaining WAL
