@@ -653,7 +653,10 @@ def run_one(kind: str, a: argparse.Namespace, work: Path) -> Figures:
             fig.notes.append(f"SIGTERM exit code {code}")
         fig.kills, fig.exits = sup.kills, sup.exits
         if sup.exit_codes:
-            fig.notes.append(f"self-exit codes {sorted(set(sup.exit_codes))} (full disk; see run.log)")
+            said = [ln.strip() for ln in (work / "run.log").read_text(errors="replace").splitlines()
+                    if ln.startswith("error:")]
+            fig.notes.append(f"self-exit codes {sorted(set(sup.exit_codes))}; said: "
+                             f"{list(dict.fromkeys(said))[-3:]}")
         mbs = [m for _, m in sup.rss]
         if mbs:
             fig.max_rss_mb, fig.rss_p50_mb = max(mbs), statistics.median(mbs)
