@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from erpsync.config import load_config
+from erpsync.config import Config, load_config
 from erpsync.pipeline import Pipeline
 from erpsync.throwaway import wait_for
 from sinks.emulators.webhook import WebhookEmulator
@@ -26,8 +26,9 @@ def shop() -> Iterator[WebhookEmulator]:
 class Running:
     """The pipeline on a background thread, stopped (gracefully) at exit."""
 
-    def __init__(self, config_path: str) -> None:
-        self.pipeline = Pipeline(load_config(config_path), drain_seconds=2)
+    def __init__(self, config: str | Config, drain_seconds: float = 2) -> None:
+        cfg = load_config(config) if isinstance(config, str) else config
+        self.pipeline = Pipeline(cfg, drain_seconds=drain_seconds)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

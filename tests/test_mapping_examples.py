@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 
 from cdc.snapshot_sql import facts_select
 from erpsync.config import load_config
-from erpsync.pipeline import Pipeline
 from erpsync.throwaway import wait_for
 from sinks.emulators.webhook import WebhookEmulator
+from tests.test_e2e import Running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,38 +74,33 @@ def test_dolibarr_example_streams_what_the_snapshot_select_says(mariadb_server, 
     monkeypatch.setenv("OUTBOX_PATH", str(tmp_path / "outbox.db"))
     cfg = load_config(ROOT / "config/dolibarr-mariadb.yaml")
     cfg.ops.listen = "127.0.0.1:0"
-    stop = threading.Event()
-    pipeline = Pipeline(cfg, drain_seconds=1)
-    worker = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
-    worker.start()
     try:
-        for n in range(300):
-            cur.execute("BEGIN")
-            r = rng.random()
-            p = rng.randint(1, 60)
-            if r < 0.6:
-                cur.execute("UPDATE llx_product_stock SET reel = reel + %s "
-                            "WHERE fk_product=%s AND fk_entrepot=%s",
-                            (rng.randint(-5, 10), p, rng.randint(1, 4)))
-            elif r < 0.7:
-                # SKU rename
-                cur.execute("UPDATE llx_product SET ref = %s WHERE rowid = %s", (f"R-{n}-{p}", p))
-            elif r < 0.8:
-                cur.execute("UPDATE llx_product SET tosell = %s WHERE rowid = %s", (rng.randint(0, 1), p))
-            elif r < 0.85:
-                cur.execute("UPDATE llx_entrepot SET ref = %s WHERE rowid = 4",
-                            (rng.choice(["WH-OLD", "WH-MIL"]),))  # warehouse remapped to a shop location
-            else:
-                cur.execute("INSERT INTO llx_product_price (fk_product, price_level, date_price, price) "
-                            "VALUES (%s,%s,%s,%s)", (p, rng.randint(1, 2), t0 + timedelta(days=n + 1),
-                                                     Decimal(rng.randint(100, 9999)) / 100))
-            cur.execute("COMMIT")
-        assert_shop_equals_snapshot_select(shop, cfg, cur, "mysql")
-        assert not shop.regressions
-        assert pipeline.stats.changes > 300
+        with Running(cfg, drain_seconds=1) as running:
+            for n in range(300):
+                cur.execute("BEGIN")
+                r = rng.random()
+                p = rng.randint(1, 60)
+                if r < 0.6:
+                    cur.execute("UPDATE llx_product_stock SET reel = reel + %s "
+                                "WHERE fk_product=%s AND fk_entrepot=%s",
+                                (rng.randint(-5, 10), p, rng.randint(1, 4)))
+                elif r < 0.7:
+                    # SKU rename
+                    cur.execute("UPDATE llx_product SET ref = %s WHERE rowid = %s", (f"R-{n}-{p}", p))
+                elif r < 0.8:
+                    cur.execute("UPDATE llx_product SET tosell = %s WHERE rowid = %s", (rng.randint(0, 1), p))
+                elif r < 0.85:
+                    cur.execute("UPDATE llx_entrepot SET ref = %s WHERE rowid = 4",
+                                (rng.choice(["WH-OLD", "WH-MIL"]),))  # warehouse remapped to a shop location
+                else:
+                    cur.execute("INSERT INTO llx_product_price (fk_product, price_level, date_price, price) "
+                                "VALUES (%s,%s,%s,%s)", (p, rng.randint(1, 2), t0 + timedelta(days=n + 1),
+                                                         Decimal(rng.randint(100, 9999)) / 100))
+                cur.execute("COMMIT")
+            assert_shop_equals_snapshot_select(shop, cfg, cur, "mysql")
+            assert not shop.regressions
+            assert running.pipeline.stats.changes > 300
     finally:
-        stop.set()
-        worker.join(30)
         shop.stop()
         conn.close()
         os.environ.pop("ERP_PASSWORD", None)
@@ -143,40 +137,36 @@ def test_odoo_example_streams_what_the_snapshot_select_says(pg_dsn, tmp_path,
     monkeypatch.setenv("OUTBOX_PATH", str(tmp_path / "outbox.db"))
     cfg = load_config(ROOT / "config/odoo-postgres.yaml")
     cfg.ops.listen = "127.0.0.1:0"
-    stop = threading.Event()
-    pipeline = Pipeline(cfg, drain_seconds=1)
-    worker = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
-    worker.start()
     try:
-        for n in range(300):
-            cur.execute("BEGIN")
-            r = rng.random()
-            p = rng.randint(1, 60)
-            if r < 0.55:
-                cur.execute("UPDATE stock_quant SET quantity = quantity + %s "
-                            "WHERE product_id=%s AND location_id=%s",
-                            (rng.randint(-5, 10), p, rng.randint(1, 4)))
-            elif r < 0.65:
-                cur.execute("UPDATE product_product SET default_code = %s WHERE id = %s", (f"RN-{n}-{p}", p))
-            elif r < 0.75:
-                cur.execute("UPDATE product_product SET active = %s, sale_ok = %s WHERE id = %s",
-                            (rng.random() < 0.7, rng.random() < 0.8, p))
-            elif r < 0.8:
-                cur.execute("UPDATE stock_location SET usage = %s WHERE id = 3",
-                            (rng.choice(["internal", "view"]),))
-            elif r < 0.9:
-                cur.execute("UPDATE stock_quant SET reserved_quantity = %s WHERE product_id=%s",
-                            (rng.randint(0, 4), p))
-            else:
-                cur.execute("INSERT INTO product_pricelist_item "
-                            "(pricelist_id, product_id, fixed_price, date_start) VALUES (%s,%s,%s,%s)",
-                            (rng.randint(1, 2), p, Decimal(rng.randint(100, 9999)) / 100,
-                             datetime(2026, 1, 1) + timedelta(days=n)))
-            cur.execute("COMMIT")
-        assert_shop_equals_snapshot_select(shop, cfg, cur, "postgres")
-        assert not shop.regressions
+        with Running(cfg, drain_seconds=1):
+            for n in range(300):
+                cur.execute("BEGIN")
+                r = rng.random()
+                p = rng.randint(1, 60)
+                if r < 0.55:
+                    cur.execute("UPDATE stock_quant SET quantity = quantity + %s "
+                                "WHERE product_id=%s AND location_id=%s",
+                                (rng.randint(-5, 10), p, rng.randint(1, 4)))
+                elif r < 0.65:
+                    cur.execute("UPDATE product_product SET default_code = %s WHERE id = %s",
+                                (f"RN-{n}-{p}", p))
+                elif r < 0.75:
+                    cur.execute("UPDATE product_product SET active = %s, sale_ok = %s WHERE id = %s",
+                                (rng.random() < 0.7, rng.random() < 0.8, p))
+                elif r < 0.8:
+                    cur.execute("UPDATE stock_location SET usage = %s WHERE id = 3",
+                                (rng.choice(["internal", "view"]),))
+                elif r < 0.9:
+                    cur.execute("UPDATE stock_quant SET reserved_quantity = %s WHERE product_id=%s",
+                                (rng.randint(0, 4), p))
+                else:
+                    cur.execute("INSERT INTO product_pricelist_item "
+                                "(pricelist_id, product_id, fixed_price, date_start) VALUES (%s,%s,%s,%s)",
+                                (rng.randint(1, 2), p, Decimal(rng.randint(100, 9999)) / 100,
+                                 datetime(2026, 1, 1) + timedelta(days=n)))
+                cur.execute("COMMIT")
+            assert_shop_equals_snapshot_select(shop, cfg, cur, "postgres")
+            assert not shop.regressions
     finally:
-        stop.set()
-        worker.join(30)
         shop.stop()
         conn.close()
