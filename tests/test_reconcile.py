@@ -90,7 +90,7 @@ def _config(erp: PostgresErp, shop: WebhookEmulator, tmp_path: Path, smtp_port: 
     return path
 
 
-def _set(shop: WebhookEmulator, sku: str, loc: str, qty: int | None) -> None:
+def set_shop_stock(shop: WebhookEmulator, sku: str, loc: str, qty: int | None) -> None:
     with shop.lock:
         if qty is None:
             shop.values.pop(("stock", sku, loc), None)
@@ -119,10 +119,10 @@ def test_seeded_drift_found_in_flight_left_out_and_healed(erp: PostgresErp, shop
         assert reconcile(cfg).exit_code == 0  # converged: nothing invented
 
         # seed one drift of each kind in the shop
-        _set(shop, "SKU-00001", "madrid", expected[("SKU-00001", "madrid")] + 5)   # stock differs
-        _set(shop, "SKU-00002", "milan", None)                                     # missing in shop
-        _set(shop, "GHOST-1", "madrid", 3)                                         # in shop, not in ERP
-        _set(shop, "ONLY-RETURNS", "madrid", 2)                                    # SKU not mapped
+        set_shop_stock(shop, "SKU-00001", "madrid", expected[("SKU-00001", "madrid")] + 5)  # stock differs
+        set_shop_stock(shop, "SKU-00002", "milan", None)  # missing in shop
+        set_shop_stock(shop, "GHOST-1", "madrid", 3)  # in shop, not in ERP
+        set_shop_stock(shop, "ONLY-RETURNS", "madrid", 2)  # SKU not mapped
         # in flight: committed in the ERP, shop down, so pending in the outbox
         shop.set_faults(down=True)
         erp.execute("UPDATE stock_levels SET on_hand = on_hand + 50 WHERE sku='SKU-00003'")

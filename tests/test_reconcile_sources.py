@@ -25,6 +25,7 @@ from sinks.emulators.webhook import WebhookEmulator
 from sinks.registry import make_emulator, make_sink
 from tests.erp import Erp, PostgresErp
 from tests.test_e2e import Running, converge
+from tests.test_reconcile import set_shop_stock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,15 +34,6 @@ def _found(result: Any) -> set[tuple[str, str, str]]:
     with open(result.csv_path) as f:
         rows = [line.rstrip("\n").split(",") for line in f][1:]
     return {(r[1], r[3], r[4]) for r in rows}
-
-
-def _set_stock(shop: WebhookEmulator, sku: str, loc: str, qty: int | None) -> None:
-    with shop.lock:
-        if qty is None:
-            shop.values.pop(("stock", sku, loc), None)
-        else:
-            shop.values[("stock", sku, loc)] = {"kind": "stock", "sku": sku, "location": loc,
-                                                "available": qty}
 
 
 @pytest.fixture
@@ -72,10 +64,10 @@ def test_mariadb_drift_found_in_flight_left_out_and_healed(erp: Erp, shop: Webho
         assert first.exit_code == 0, _found(first)  # converged: nothing invented
         assert first.summaries[0]["erp_keys"] == 40 and first.summaries[0]["caught_up"] is True
 
-        _set_stock(shop, "SKU-00001", "madrid", expected[("SKU-00001", "madrid")] + 7)
-        _set_stock(shop, "SKU-00002", "milan", None)
-        _set_stock(shop, "GHOST-1", "milan", 3)
-        _set_stock(shop, "ONLY-RETURNS", "madrid", 2)
+        set_shop_stock(shop, "SKU-00001", "madrid", expected[("SKU-00001", "madrid")] + 7)
+        set_shop_stock(shop, "SKU-00002", "milan", None)
+        set_shop_stock(shop, "GHOST-1", "milan", 3)
+        set_shop_stock(shop, "ONLY-RETURNS", "madrid", 2)
         shop.set_faults(down=True)  # SKU-00003's new stock stays pending in the outbox: in flight
         erp.execute("UPDATE stock_levels SET on_hand = on_hand + 50 WHERE sku='SKU-00003'")
         from cdc.outbox import connect as outbox_connect
