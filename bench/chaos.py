@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from erpsync.throwaway import free_port, wait_for  # noqa: E402
 from sinks.emulators.webhook import WebhookEmulator  # noqa: E402
 from tests.erp import Erp, MariaErp, PostgresErp  # noqa: E402
+from tests.test_crash import outbox_position  # noqa: E402
 
 BAD_SKUS = [f"BAD-{i}" for i in range(5)]
 PRICE_LISTS = ["RETAIL", "WHOLESALE"]
@@ -503,7 +504,7 @@ def run_one(kind: str, a: argparse.Namespace, work: Path) -> Figures:
 
         sup = Supervised(str(cfg_path), work / "run.log")
         sup.start()
-        if not wait_for(lambda: _position(outbox) is not None, timeout=300):
+        if not wait_for(lambda: outbox_position(outbox) is not None, timeout=300):
             raise RuntimeError("no snapshot within 300 s; see " + str(work / "run.log"))
         shop.set_faults(**BASE_FAULTS, seed=a.seed)
         # a few rows the shop refuses: the only SKUs allowed in the DLQ
@@ -687,7 +688,7 @@ def converge(shop: WebhookEmulator, expected: dict[Any, int], outbox: Path, a: a
         if shop.stock() == expected:
             fig.catch_up_s = now - t0
             return True
-        sig = (_position(outbox), shop.stats["requests"])
+        sig = (outbox_position(outbox), shop.stats["requests"])
         if sig != last_sig:
             last_sig, last_move = sig, now
         if now - last_move > a.stall_timeout or now - t0 > a.converge_timeout:
@@ -698,18 +699,6 @@ def converge(shop: WebhookEmulator, expected: dict[Any, int], outbox: Path, a: a
             print(f"  [{kind}] catching up {now - t0:.0f}s: position {sig[0]}, "
                   f"shop requests {sig[1]:,}", flush=True)
         time.sleep(min(5.0, 1.0 + len(expected) / 200_000))  # comparing 1M keys is not free
-
-
-def _position(outbox: Path) -> str | None:
-    if not outbox.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=5)
-        row = conn.execute("SELECT position FROM positions").fetchone()
-        conn.close()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
 
 
 def _dlq_skus(outbox: Path) -> list[str]:

@@ -30,7 +30,7 @@ def outbox_position(path: Path) -> str | None:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         row = conn.execute("SELECT position FROM positions").fetchone()
         conn.close()
-    except sqlite3.OperationalError:
+    except sqlite3.Error:  # not there yet, or half-created by a process just killed
         return None
     return row[0] if row else None
 
