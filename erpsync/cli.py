@@ -95,14 +95,7 @@ def run(config: str, drain_seconds: float, wait_for_erp: float) -> None:
     from erpsync.pipeline import Pipeline
 
     cfg = _load(config)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %s: stopping after the current batch", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     # An outbox that already exists has worked here before: an ERP that is restarting (or not up yet after
     # a reboot) and a full or read-only outbox disk are faults to wait out, not configuration to stop for.
     outbox_worked = _outbox_exists(cfg.outbox_path())
@@ -204,14 +197,7 @@ def worker(config: str, sink_name: str, partitions: str, name: str | None, batch
 
         host, _, port = metrics_listen.rpartition(":")
         start_http_server(int(port), host or "127.0.0.1", registry=REGISTRY)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %s: stopping after the current batch", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     Worker(cfg, sink_name, parts, name=name or f"{socket.gethostname()}-{os.getpid()}", batch=batch,
            ack_wait=ack_wait).run(stop)
 
@@ -223,6 +209,19 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
     return (ConnectionError, TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError,
             pymysql.err.OperationalError, pymysql.err.InterfaceError)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM / SIGINT: the long-running commands finish their batch, then stop."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping after the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
 
 
 def _progressed(pipeline: Any) -> bool:
