@@ -51,7 +51,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from erpsync.throwaway import free_port, wait_for  # noqa: E402
+from erpsync.testing import free_port, wait_for  # noqa: E402
 from sinks.emulators.webhook import WebhookEmulator  # noqa: E402
 from tests.erp import Erp, MariaErp, PostgresErp  # noqa: E402
 from tests.test_crash import outbox_position  # noqa: E402
@@ -453,12 +453,12 @@ def run_one(kind: str, a: argparse.Namespace, work: Path) -> Figures:
     t0 = time.monotonic()
     server: Any
     if kind == "postgres":
-        from erpsync.throwaway.postgres import ThrowawayPostgres
+        from erpsync.testing.postgres import ThrowawayPostgres
 
         server = ThrowawayPostgres().start()
         erp: Erp = PostgresErp(server.create_database("erp"))
     else:
-        from erpsync.throwaway.mariadb import ThrowawayMariaDB
+        from erpsync.testing.mariadb import ThrowawayMariaDB
 
         server = ThrowawayMariaDB().start()
         erp = MariaErp(server, server.create_database("erp"))

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from erpsync.config import load_config
 from erpsync.pipeline import Pipeline
-from erpsync.throwaway import wait_for
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing import wait_for
+from erpsync.testing.postgres import ThrowawayPostgres
 from sinks.emulators.webhook import WebhookEmulator
 
 LOCATIONS = {"WH-MAD": "madrid", "WH-BCN": "madrid", "WH-MIL": "milan"}

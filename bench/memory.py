@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cdc.changes import RowChange, SourceInfo
-from cdc.normalize import normalizer_for
-from cdc.outbox import Outbox
+from cdc.facts import Fact, FactKey
+from cdc.normalize.normalizer import normalizer_for
+from cdc.outbox.store import Outbox
 from erpsync.config import load_config
-from erpsync.facts import Fact, FactKey
 
 LOCATIONS = ["WH-MAD", "WH-BCN", "WH-MIL", "WH-X", "WH-Y"]
 

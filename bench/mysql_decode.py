@@ -20,8 +20,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from cdc.sources.config import MySQLSourceConfig
-from cdc.sources.mysql import MySQLSource
-from erpsync.throwaway.mariadb import ThrowawayMariaDB
+from cdc.sources.mysql.replication import MySQLSource
+from erpsync.testing.mariadb import ThrowawayMariaDB
 
 
 def write_workload(db: ThrowawayMariaDB, rows: int) -> tuple[str, int]:

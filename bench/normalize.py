@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cdc.changes import RowChange, SourceInfo
-from cdc.normalize import normalizer_for
+from cdc.normalize.normalizer import normalizer_for
 from erpsync.config import load_config
 
 

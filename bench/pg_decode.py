@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from erpsync.config import load_config
 from erpsync.pipeline import Pipeline
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing.postgres import ThrowawayPostgres
 
 LOCATIONS = {"WH-MAD": "madrid", "WH-BCN": "madrid", "WH-MIL": "milan"}
 SLOT = "erpsync_bench"

@@ -42,7 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erpsync.config import load_config_text
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing.postgres import ThrowawayPostgres
 from reconciler import diff
 from reconciler.erp_snapshot import snapshot_erp
 from reconciler.shop_snapshot import snapshot_shop

@@ -23,10 +23,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from erpsync.bus_nats import NatsPublisher
+from cdc.facts import stock_fact
 from erpsync.config import load_config
-from erpsync.facts import stock_fact
-from erpsync.throwaway.nats import ThrowawayNats
+from erpsync.delivery.nats_bus import NatsPublisher
+from erpsync.testing.nats import ThrowawayNats
 from sinks.emulators.webhook import WebhookEmulator
 
 PARTITIONS = 8

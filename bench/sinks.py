@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from erpsync.facts import Fact, stock_fact
+from cdc.facts import Fact, stock_fact
 from sinks.base import Outcome
 from sinks.registry import make_emulator, make_sink
 from tests.sink_contract import sink_config

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cdc.mapping import LookupMapping, PriceMapping, StockMapping
-from cdc.rules import RuleError
+from cdc.mapping.model import LookupMapping, PriceMapping, StockMapping
+from cdc.mapping.rules import RuleError
 from cdc.sources.config import DebeziumSourceConfig, MySQLSourceConfig, PostgresSourceConfig
 from reconciler.config import ReconcileConfig
 from sinks.config import SinkConfig
@@ -167,7 +167,7 @@ def load_config_text(text: str, origin: str = "<string>") -> Config:
     try:  # every rule must compile, and transpile for every dialect, before anything starts
         import sqlite3
 
-        from cdc.normalize import normalizer_for
+        from cdc.normalize.normalizer import normalizer_for
 
         normalizer_for(cfg, sqlite3.connect(":memory:"))
     except RuleError as e:

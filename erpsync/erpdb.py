@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdc.normalize import normalizer_for
-from cdc.schema_check import SchemaError, check_rules
+from cdc.mapping.schema_check import SchemaError, check_rules
+from cdc.normalize.normalizer import normalizer_for
 from erpsync.config import Config
 
 
@@ -46,7 +46,7 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
     own = conn is None
     conn = conn or connect(cfg)
     try:
-        from cdc.snapshot_sql import facts_select
+        from cdc.mapping.snapshot_sql import facts_select
 
         d = dialect(cfg)
         norm = normalizer_for(cfg, sqlite3.connect(":memory:"))
@@ -77,13 +77,13 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
 
 
 def _lookup_renderer(cfg: Config, norm: Any, d: str) -> Any:
-    from cdc.snapshot_sql import _Builder
+    from cdc.mapping.snapshot_sql import _Builder
 
     return _Builder(norm, d).lookup_sql
 
 
 def _reset(conn: Any) -> None:
-    from cdc.schema_check import _reset as reset
+    from cdc.mapping.schema_check import _reset as reset
 
     reset(conn)
 

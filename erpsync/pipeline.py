@@ -17,12 +17,12 @@ from operator import attrgetter
 from typing import Any
 
 from cdc.changes import Chunk, Source
-from cdc.normalize import normalizer_for
-from cdc.outbox import Outbox, dlq_counts, pending_counts
+from cdc.facts import Fact, FactKey
+from cdc.normalize.normalizer import normalizer_for
+from cdc.outbox.store import Outbox, dlq_counts, pending_counts
 from erpsync import metrics
 from erpsync.config import Config
-from erpsync.delivery import Deliverer
-from erpsync.facts import Fact, FactKey
+from erpsync.delivery.embedded import Deliverer
 from erpsync.logs import fields, register_secret
 from erpsync.ops_server import OpsServer
 from sinks.base import Sink
@@ -41,15 +41,15 @@ def source_id(cfg: Config) -> str:
 
 def make_source(cfg: Config, tables: list[str]) -> Source:
     if cfg.source.kind == "postgres":
-        from cdc.sources.postgres import PostgresSource
+        from cdc.sources.postgres.replication import PostgresSource
 
         register_secret(cfg.source.dsn.get_secret_value())
         return PostgresSource(cfg.source, tables)
     if cfg.source.kind == "debezium":
-        from cdc.sources.debezium import DebeziumSource
+        from cdc.sources.debezium.bridge import DebeziumSource
 
         return DebeziumSource(cfg.source, tables)
-    from cdc.sources.mysql import MySQLSource
+    from cdc.sources.mysql.replication import MySQLSource
 
     register_secret(cfg.source.password.get_secret_value())
     return MySQLSource(cfg.source, tables)
@@ -115,7 +115,7 @@ class Pipeline:
                 self.ops = OpsServer(self.cfg.ops, self.cfg.outbox_path(), [s.name for s in self.cfg.sinks])
                 self.ops.start()
             if self.cfg.bus.kind == "nats":
-                from erpsync.bus_nats import NatsPublisher
+                from erpsync.delivery.nats_bus import NatsPublisher
 
                 self.bus = NatsPublisher(self.cfg.bus, {s.name: list(s.kinds) for s in self.cfg.sinks})
             self.source.prepare()

@@ -44,7 +44,7 @@ def my_account(user: str, host: str = "%") -> str:
 
 def mapped_tables(cfg: Config) -> list[str]:
     """Fully qualified tables the mapping reads (``schema.table``; the database for MySQL)."""
-    from cdc.normalize import table_name
+    from cdc.normalize.normalizer import table_name
 
     default = "public" if cfg.source.kind == "postgres" else cfg.source.database
     return [table_name(cfg.stock.table, default)] if cfg.stock else []

@@ -34,7 +34,7 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 def outbox_status(conn: sqlite3.Connection, sinks: list[str] | None = None) -> dict[str, Any]:
     """Positions, per-sink pending / DLQ / last outcome, data errors — one read transaction."""
-    from cdc.outbox import dlq_counts, pending_counts
+    from cdc.outbox.store import dlq_counts, pending_counts
 
     conn.execute("BEGIN")
     try:
@@ -122,7 +122,7 @@ def erp_mysql(conn: Any, stored: str | None) -> dict[str, Any]:
         out["current"] = f"{logs[-1][0]}:{logs[-1][1]}"
         out["oldest"] = logs[0][0]
     if stored:
-        from cdc.sources.mysql import BinlogPosition
+        from cdc.sources.mysql.replication import BinlogPosition
 
         pos = BinlogPosition.parse(stored)
         files = [f for f, _ in logs]

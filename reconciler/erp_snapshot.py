@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 import sqlglot
 from sqlglot import exp
 
-from cdc.snapshot_sql import facts_select
+from cdc.mapping.snapshot_sql import facts_select
 from reconciler.progress import Progress, Quiet
 
 # every fact value (stock count, price) as DECIMAL(18,8): exact, 64-bit (fast), and prices' up to 8 places

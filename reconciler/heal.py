@@ -14,8 +14,8 @@ from typing import Any
 
 import duckdb
 
-from cdc.outbox import Outbox
-from erpsync.facts import Fact, FactKey
+from cdc.facts import Fact, FactKey
+from cdc.outbox.store import Outbox
 from reconciler.diff import HEALABLE
 
 

@@ -54,11 +54,11 @@ class ReconcileResult:
 
 def compare_positions(kind: str, a: str, b: str) -> int:
     if kind == "postgres":
-        from cdc.sources.pgoutput import lsn_to_int
+        from cdc.sources.postgres.decoder import lsn_to_int
 
         x, y = lsn_to_int(a), lsn_to_int(b)
     else:
-        from cdc.sources.mysql import compare_positions as cmp  # type: ignore[attr-defined]
+        from cdc.sources.mysql.replication import compare_positions as cmp  # type: ignore[attr-defined]
 
         return int(cmp(a, b))
     return (x > y) - (x < y)
@@ -103,7 +103,7 @@ def reconcile(cfg: Any, *, sinks: list[str] | None = None, heal_drift: bool | No
     outbox_path = cfg.outbox_path()
     ob = None
     if Path(outbox_path).exists():
-        from cdc.outbox import SCHEMA, connect
+        from cdc.outbox.store import SCHEMA, connect
 
         ob = connect(outbox_path, durable=False)
         ob.executescript(SCHEMA)

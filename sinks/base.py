@@ -14,7 +14,7 @@ from time import monotonic, sleep, time
 
 import httpx
 
-from erpsync.facts import Fact, FactKey
+from cdc.facts import Fact, FactKey
 from sinks.config import SinkConfigBase
 
 

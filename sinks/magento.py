@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from erpsync.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, FactKey, price_fact, stock_fact
 from sinks.base import (
     Outcome,
     Pacer,

@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from erpsync.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, FactKey, price_fact, stock_fact
 from sinks.base import (
     Outcome,
     Pacer,

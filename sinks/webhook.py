@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import httpx
 
-from erpsync.facts import Fact, price_fact, stock_fact
+from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
     PushResult,

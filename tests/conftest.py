@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing.postgres import ThrowawayPostgres
 from tests.erp import Erp, MariaErp, PostgresErp
 from tests.fixtures_mariadb import mariadb_db, mariadb_server  # noqa: F401
 

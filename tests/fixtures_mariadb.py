@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from erpsync.throwaway.mariadb import ThrowawayMariaDB
+from erpsync.testing.mariadb import ThrowawayMariaDB
 
 _counter = itertools.count(1)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from erpsync.throwaway.nats import ThrowawayNats
+from erpsync.testing.nats import ThrowawayNats
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from cdc.changes import RowChange, SourceInfo
-from cdc.normalize import normalizer_for
-from cdc.outbox import Outbox
-from cdc.snapshot_sql import facts_select
+from cdc.facts import Fact, FactKey
+from cdc.mapping.snapshot_sql import facts_select
+from cdc.normalize.normalizer import normalizer_for
+from cdc.outbox.store import Outbox
 from erpsync.config import load_config_text
-from erpsync.facts import Fact, FactKey
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -180,7 +180,7 @@ class MariaHarness(_Harness):
         self.source: Any = None
 
     def reset(self) -> None:
-        from cdc.sources.mysql import MySQLSource
+        from cdc.sources.mysql.replication import MySQLSource
 
         self.close_source()
         self.n += 1

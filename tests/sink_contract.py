@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from erpsync.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, FactKey, price_fact, stock_fact
 from sinks.base import Outcome, PushResult, Sink
 from sinks.config import (
     MagentoSinkConfig,

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from erpsync.cli import main
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing.postgres import ThrowawayPostgres
 from tests.erp import PostgresErp
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from erpsync.bus_nats import NatsPublisher, parse_partitions, partition_of
+from cdc.facts import stock_fact
 from erpsync.config import load_config_text
-from erpsync.facts import stock_fact
-from erpsync.throwaway import wait_for
-from erpsync.throwaway.nats import ThrowawayNats
-from erpsync.worker import Worker
+from erpsync.delivery.nats_bus import NatsPublisher, parse_partitions, partition_of
+from erpsync.delivery.nats_worker import Worker
+from erpsync.testing import wait_for
+from erpsync.testing.nats import ThrowawayNats
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import PostgresErp
 from tests.fixtures_nats import nats_server  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from erpsync.bus_nats import parse_partitions
+from erpsync.delivery.nats_bus import parse_partitions
 from tests.test_compose import SERVICES, host_path
 
 

@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from cdc.sources.postgres import lsn_to_int
-from erpsync.throwaway import wait_for
+from cdc.sources.postgres.replication import lsn_to_int
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import Erp, PostgresErp
 
@@ -111,7 +111,7 @@ def test_sigkill_five_times_during_20000_changes(erp: Erp, tmp_path: Path) -> No
 
 def test_erp_server_restarts_are_survived(tmp_path: Path) -> None:
     """PostgreSQL restarted twice under a running `erpsync run`: it reconnects and loses nothing."""
-    from erpsync.throwaway.postgres import ThrowawayPostgres
+    from erpsync.testing.postgres import ThrowawayPostgres
 
     rng = random.Random(5)
     with ThrowawayPostgres() as pg:
@@ -146,7 +146,7 @@ def test_erpsync_restarted_while_the_erp_is_down_waits_for_it(tmp_path: Path) ->
     import os
     import subprocess as sp
 
-    from erpsync.throwaway.postgres import ThrowawayPostgres
+    from erpsync.testing.postgres import ThrowawayPostgres
 
     rng = random.Random(6)
     with ThrowawayPostgres() as pg:

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc.debezium_decode import DebeziumDecoder, decimal_value
-from cdc.sources.debezium import DebeziumSource, KafkaTransport, kafka_offsets, kafka_position
+from cdc.sources.debezium.bridge import DebeziumSource, KafkaTransport, kafka_offsets, kafka_position
+from cdc.sources.debezium.decoder import DebeziumDecoder, decimal_value
 from erpsync.config import load_config_text
 from erpsync.pipeline import Pipeline
-from erpsync.throwaway import wait_for
-from erpsync.throwaway.nats import ThrowawayNats
+from erpsync.testing import wait_for
+from erpsync.testing.nats import ThrowawayNats
 from sinks.emulators.webhook import WebhookEmulator
 from tests.fixtures_nats import nats_server  # noqa: F401
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cdc.outbox import Outbox, dlq_counts, pending_counts
-from erpsync.delivery import DOWN_PAUSE_MAX, Deliverer
-from erpsync.facts import stock_fact
-from erpsync.throwaway import wait_for
+from cdc.facts import stock_fact
+from cdc.outbox.store import Outbox, dlq_counts, pending_counts
+from erpsync.delivery.embedded import DOWN_PAUSE_MAX, Deliverer
+from erpsync.testing import wait_for
 from sinks.config import WebhookSinkConfig
 from sinks.emulators.webhook import WebhookEmulator
 from sinks.webhook import WebhookSink

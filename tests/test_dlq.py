@@ -9,7 +9,7 @@ import random
 from click.testing import CliRunner
 
 from erpsync.cli import main
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import PostgresErp
 from tests.test_e2e import Running

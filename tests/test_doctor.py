@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from erpsync.cli import main
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing.postgres import ThrowawayPostgres
 
 STOCK = {"table": "stock_levels", "sku": "sku", "warehouse": "warehouse_code",
          "quantity": "on_hand - reserved", "locations": {"WH-MAD": "madrid"}}
@@ -148,7 +148,7 @@ def test_setup_sql_quotes_identifiers() -> None:
 # -- MariaDB -----------------------------------------------------------------------------------------
 def _mariadb(**kw: Any) -> Iterator[Any]:
     try:
-        from erpsync.throwaway.mariadb import ThrowawayMariaDB
+        from erpsync.testing.mariadb import ThrowawayMariaDB
     except ImportError:
         pytest.skip("ThrowawayMariaDB not available")
     try:

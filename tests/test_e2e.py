@@ -10,7 +10,7 @@ import pytest
 
 from erpsync.config import Config, load_config
 from erpsync.pipeline import Pipeline
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import Erp, PostgresErp
 

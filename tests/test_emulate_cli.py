@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from erpsync.throwaway import free_port, wait_for
+from erpsync.testing import free_port, wait_for
 
 
 @pytest.mark.parametrize("platform", ["webhook", "shopify", "woocommerce", "magento", "prestashop"])

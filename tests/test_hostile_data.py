@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 import yaml
 
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.test_e2e import Running
 

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cdc.outbox import Outbox, SinkQueue
+from cdc.facts import stock_fact
+from cdc.outbox.store import Outbox, SinkQueue
 from erpsync.cli import main
 from erpsync.config import OpsConfig, load_config_text
-from erpsync.facts import stock_fact
 from sinks.base import Outcome
 from sinks.config import WebhookSinkConfig
 from sinks.emulators.base import Response
@@ -153,7 +153,7 @@ def test_table_name_with_a_quote_does_not_inject(pg_dsn: str, tmp_path: Path, ta
     try:
         code, out = cli("config", "validate", str(path))
         assert code == 2 and "stock.table" in out, out
-        from cdc.snapshot_sql import facts_select
+        from cdc.mapping.snapshot_sql import facts_select
 
         sql = facts_select(load_config_text(path.read_text(), str(path)), "postgres")["stock"]
         # the snapshot SELECT names one odd table; it injects nothing

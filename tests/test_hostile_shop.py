@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from erpsync.facts import price_fact, stock_fact
+from cdc.facts import price_fact, stock_fact
 from sinks.base import Outcome
 from sinks.config import WebhookSinkConfig
 from sinks.emulators.base import Request, Response

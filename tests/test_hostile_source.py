@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from erpsync.throwaway import free_port, wait_for
+from erpsync.testing import free_port, wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import Erp, MariaErp, PostgresErp
 from tests.test_crash import outbox_position, start
@@ -146,7 +146,7 @@ def _restart_mariadb(server) -> None:  # type: ignore[no-untyped-def]
 
 def test_mariadb_restart_under_a_running_erpsync_is_survived(tmp_path: Path) -> None:
     """A clean MariaDB shutdown ends the binlog dump with EOF: `run` must reconnect, not exit 0."""
-    from erpsync.throwaway.mariadb import ThrowawayMariaDB
+    from erpsync.testing.mariadb import ThrowawayMariaDB
 
     rng = random.Random(3)
     with ThrowawayMariaDB() as server:

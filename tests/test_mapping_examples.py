@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cdc.snapshot_sql import facts_select
+from cdc.mapping.snapshot_sql import facts_select
 from erpsync.config import load_config
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.test_e2e import Running
 

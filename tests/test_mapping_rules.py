@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cdc.normalize import normalizer_for
+from cdc.normalize.normalizer import normalizer_for
 from erpsync.config import ConfigError, load_config_text
 from erpsync.erpdb import SchemaError, check_mapping
 from tests.mapping_harness import ROOT, T0, PgHarness

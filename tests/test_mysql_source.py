@@ -13,8 +13,8 @@ import pytest
 
 from cdc.changes import Chunk, SourceError
 from cdc.sources.config import MySQLSourceConfig
-from cdc.sources.mysql import MAX_CHUNK, BinlogPosition, MySQLSource
-from erpsync.throwaway.mariadb import ThrowawayMariaDB
+from cdc.sources.mysql.replication import MAX_CHUNK, BinlogPosition, MySQLSource
+from erpsync.testing.mariadb import ThrowawayMariaDB
 
 
 def cfg(server: ThrowawayMariaDB, db: str, **kw: Any) -> MySQLSourceConfig:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import yaml
 
-from erpsync.throwaway import free_port, wait_for
+from erpsync.testing import free_port, wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import LOCATIONS, SAFETY, PostgresErp
 

@@ -4,8 +4,8 @@ import sqlite3
 from decimal import Decimal
 
 from cdc.changes import UNCHANGED_TOAST, RowChange, SourceInfo
-from cdc.mapping import StockMapping
-from cdc.normalize import StockNormalizer
+from cdc.mapping.model import StockMapping
+from cdc.normalize.normalizer import StockNormalizer
 
 M = StockMapping(table="public.stock", sku="sku", warehouse="wh", quantity="on_hand - reserved",
                  locations={"W1": "mad", "W2": "mad", "W3": "mil"}, safety_stock=1)

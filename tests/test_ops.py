@@ -22,7 +22,7 @@ from erpsync.cli import main
 from erpsync.config import OpsConfig, load_config
 from erpsync.ops_server import OpsServer, parse_listen
 from erpsync.pipeline import Pipeline
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import PostgresErp
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import PostgresErp
 from tests.test_crash import outbox_position, start

@@ -19,8 +19,8 @@ import pytest
 
 from cdc.changes import UNCHANGED_TOAST, Chunk, RowChange, SourceError
 from cdc.sources.config import PostgresSourceConfig
-from cdc.sources.postgres import PostgresSource, int_to_lsn, lsn_to_int
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from cdc.sources.postgres.replication import PostgresSource, int_to_lsn, lsn_to_int
+from erpsync.testing.postgres import ThrowawayPostgres
 
 
 def execute(dsn: str, *stmts: str, args: Any = None) -> list[tuple[Any, ...]]:

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from cdc.changes import UNCHANGED_TOAST, RowChange
-from cdc.sources.pgoutput import (
+from cdc.sources.postgres.decoder import (
     SESSION_OPTIONS,
     Begin,
     CommitMsg,

@@ -25,10 +25,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cdc.outbox import connect as outbox_connect
+from cdc.outbox.store import connect as outbox_connect
 from erpsync.cli import main
 from erpsync.config import ConfigError, load_config, load_config_text
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from reconciler.diff import DRIFT_TABLE
 from reconciler.history import attach, next_run_id, record, trend
 from reconciler.report import write_reports

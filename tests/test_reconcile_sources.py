@@ -14,10 +14,10 @@ import duckdb
 import pytest
 import yaml
 
-from cdc.snapshot_sql import facts_select
+from cdc.facts import stock_fact
+from cdc.mapping.snapshot_sql import facts_select
 from erpsync.config import load_config
-from erpsync.facts import stock_fact
-from erpsync.throwaway import wait_for
+from erpsync.testing import wait_for
 from reconciler.config import ReconcileConfig
 from reconciler.erp_snapshot import snapshot_erp
 from reconciler.run import reconcile
@@ -70,7 +70,7 @@ def test_mariadb_drift_found_in_flight_left_out_and_healed(erp: Erp, shop: Webho
         set_shop_stock(shop, "ONLY-RETURNS", "madrid", 2)
         shop.set_faults(down=True)  # SKU-00003's new stock stays pending in the outbox: in flight
         erp.execute("UPDATE stock_levels SET on_hand = on_hand + 50 WHERE sku='SKU-00003'")
-        from cdc.outbox import connect as outbox_connect
+        from cdc.outbox.store import connect as outbox_connect
 
         ob = outbox_connect(cfg.outbox_path(), durable=False)
         assert wait_for(lambda: ob.execute("SELECT count(*) FROM deliveries WHERE sku='SKU-00003' "

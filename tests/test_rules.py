@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from cdc.rules import Rule, RuleError
+from cdc.mapping.rules import Rule, RuleError
 
 
 def test_arithmetic_and_null_semantics():

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import httpx
 
-from erpsync.facts import price_fact, stock_fact
+from cdc.facts import price_fact, stock_fact
 from sinks.base import Outcome
 from tests.sink_contract import check_contract, check_faults, check_secrets, shop
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from erpsync.facts import stock_fact
+from cdc.facts import stock_fact
 from sinks.base import Outcome
 from tests.sink_contract import (
     assert_state,

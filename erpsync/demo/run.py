@@ -21,11 +21,11 @@ from typing import Any
 import click
 import psycopg2
 
-from cdc.snapshot_sql import facts_select
+from cdc.mapping.snapshot_sql import facts_select
 from erpsync.config import Config, load_config
 from erpsync.pipeline import Pipeline
-from erpsync.throwaway import wait_for
-from erpsync.throwaway.postgres import ThrowawayPostgres
+from erpsync.testing import wait_for
+from erpsync.testing.postgres import ThrowawayPostgres
 from sinks.emulators.webhook import WebhookEmulator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config"

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 
-from erpsync.throwaway import find_binary, free_port
+from erpsync.testing import find_binary, free_port
 
 
 class ThrowawayNats:

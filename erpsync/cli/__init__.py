@@ -119,7 +119,7 @@ def run(config: str, drain_seconds: float, wait_for_erp: float) -> None:
     from erpsync.ops_server import OpsListenError
 
     if cfg.reconcile and cfg.reconcile.schedule:  # the drift report runs beside the stream, same stop
-        from reconciler.cli import scheduled_job
+        from erpsync.cli.reconcile import scheduled_job
         from reconciler.schedule import start_thread
 
         start_thread(cfg.reconcile.schedule, scheduled_job(cfg), stop)
@@ -178,9 +178,9 @@ def worker(config: str, sink_name: str, partitions: str, name: str | None, batch
     import os
     import socket
 
-    from erpsync.bus_nats import parse_partitions
     from erpsync.config import ConfigError
-    from erpsync.worker import Worker
+    from erpsync.delivery.nats_bus import parse_partitions
+    from erpsync.delivery.nats_worker import Worker
 
     cfg = _load(config)
     if cfg.bus.kind != "nats":
@@ -297,7 +297,7 @@ def emulate(platform: str, port: int, host: str, skus: int, secret_env: str | No
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 def snapshot(config: str, reset: bool, yes: bool) -> None:
     """Re-snapshot control: ``--reset`` drops the slot and stored position; the next ``run`` re-snapshots."""
-    from cdc.outbox import Outbox
+    from cdc.outbox.store import Outbox
 
     cfg = _load(config)
     if not reset:
@@ -323,7 +323,7 @@ def dlq() -> None:
 
 
 def _outbox_conn(config: str) -> Any:
-    from cdc.outbox import connect
+    from cdc.outbox.store import connect
 
     cfg = _load(config)
     path = cfg.outbox_path()
@@ -338,7 +338,7 @@ def _outbox_conn(config: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
     """List dead letters (oldest first)."""
-    from cdc.outbox import dlq_list
+    from cdc.outbox.store import dlq_list
     from erpsync.logs import redact
 
     rows = dlq_list(_outbox_conn(config), sink)
@@ -359,7 +359,7 @@ def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
 @click.option("--sku", "skus", multiple=True, help="only these SKUs (repeatable)")
 def dlq_retry_cmd(config: str, sink: str | None, skus: tuple[str, ...]) -> None:
     """Queue dead letters again (with the current value) for the running service to push."""
-    from cdc.outbox import dlq_retry
+    from cdc.outbox.store import dlq_retry
 
     n = dlq_retry(_outbox_conn(config), sink, list(skus) or None)
     click.echo(f"{n} dead letter(s) queued again")
@@ -371,7 +371,7 @@ def dlq_retry_cmd(config: str, sink: str | None, skus: tuple[str, ...]) -> None:
 @click.option("--sku", "skus", multiple=True)
 def dlq_drop_cmd(config: str, sink: str | None, skus: tuple[str, ...]) -> None:
     """Forget dead letters (the shop keeps whatever it has)."""
-    from cdc.outbox import dlq_drop
+    from cdc.outbox.store import dlq_drop
 
     n = dlq_drop(_outbox_conn(config), sink, list(skus) or None)
     click.echo(f"{n} dead letter(s) dropped")
@@ -568,14 +568,14 @@ def teardown(config: str, yes: bool) -> None:
         raise Fail(str(e)) from None
     finally:
         src.close()
-    from cdc.outbox import Outbox
+    from cdc.outbox.store import Outbox
 
     if cfg.outbox_path().exists():
         ob = Outbox(cfg.outbox_path())
         ob.reset()  # the stored position refers to the dropped slot
         ob.close()
 
-from reconciler.cli import reconcile as _reconcile_cmd  # noqa: E402  (the command lives with its package)
+from erpsync.cli.reconcile import reconcile as _reconcile_cmd  # noqa: E402  (the command lives with its package)
 
 main.add_command(_reconcile_cmd)
 

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from erpsync.throwaway import find_binary, free_port, wait_for
+from erpsync.testing import find_binary, free_port, wait_for
 
 _DIRS = ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/mysql/bin"]
 

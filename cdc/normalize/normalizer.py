@@ -37,9 +37,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cdc.changes import UNCHANGED_TOAST, RowChange
-from cdc.mapping import LookupMapping, PriceMapping, StockMapping
-from cdc.rules import Rule, RuleError, _num
-from erpsync.facts import Fact, FactKey, price_fact
+from cdc.facts import Fact, FactKey, price_fact
+from cdc.mapping.model import LookupMapping, PriceMapping, StockMapping
+from cdc.mapping.rules import Rule, RuleError, _num
 
 log = logging.getLogger("erpsync.normalize")
 

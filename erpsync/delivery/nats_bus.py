@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
+from cdc.facts import Fact, FactKey, decode_value
 from erpsync import metrics
-from erpsync.facts import Fact, FactKey, decode_value
 
 log = logging.getLogger("erpsync.bus")
 T = TypeVar("T")

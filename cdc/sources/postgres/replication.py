@@ -23,7 +23,7 @@ from psycopg2 import sql
 
 from cdc.changes import Chunk, Commit, RowChange, SourceError, SourceInfo
 from cdc.sources.config import PostgresSourceConfig
-from cdc.sources.pgoutput import (
+from cdc.sources.postgres.decoder import (
     SESSION_OPTIONS,
     PgOutputDecoder,
     Relation,

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 
-from erpsync.throwaway import find_binary, free_port
+from erpsync.testing import find_binary, free_port
 
 
 def _bindirs() -> list[str]:

@@ -22,9 +22,9 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
+from cdc.facts import Fact, FactKey
 from erpsync import metrics
-from erpsync.bus_nats import connect, decode_fact, ensure_streams, subject
-from erpsync.facts import Fact, FactKey
+from erpsync.delivery.nats_bus import connect, decode_fact, ensure_streams, subject
 from erpsync.logs import fields
 from sinks.base import Outcome, Sink, backoff_seconds
 

@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 
 from sqlglot import exp
 
-from cdc.normalize import Normalizer, normalizer_for
-from cdc.rules import Rule
-from cdc.schema_check import table_sql
+from cdc.mapping.rules import Rule
+from cdc.mapping.schema_check import table_sql
+from cdc.normalize.normalizer import Normalizer, normalizer_for
 
 
 def facts_select(

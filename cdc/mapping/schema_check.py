@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from cdc.rules import Rule
+from cdc.mapping.rules import Rule
 
 # DB-API type codes meaning "a number": PostgreSQL OIDs, and MySQL FIELD_TYPE codes
 PG_NUMERIC = {20, 21, 23, 26, 700, 701, 1700}

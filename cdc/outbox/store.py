@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from erpsync.facts import Fact, FactKey, decode_value, encode_value
+from cdc.facts import Fact, FactKey, decode_value, encode_value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (

@@ -1,0 +1,1 @@
+"""The mapping: its YAML model, rules (sqlglot), the snapshot SQL built from them, schema checks."""

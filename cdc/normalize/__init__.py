@@ -1,0 +1,1 @@
+"""Row changes → facts: row state, stock, prices and lookups."""

@@ -1,0 +1,1 @@
+"""Debezium envelopes from NATS JetStream or Kafka (the bridge for ERPs erpsync cannot read itself)."""

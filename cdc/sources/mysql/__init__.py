@@ -1,0 +1,1 @@
+"""MySQL / MariaDB: the row binlog over a binlog dump connection."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: logical replication (pgoutput) over a slot and a publication."""

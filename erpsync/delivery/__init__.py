@@ -1,0 +1,1 @@
+"""Shop side: the outbox delivery threads, the NATS bus publisher and its workers."""
