@@ -56,11 +56,11 @@ def reconcile(ctx: click.Context, config: str, sinks: tuple[str, ...], heal: boo
     """Compare the ERP (through the mapping) with each shop, report drift, optionally heal it.
 
     Exit code: 0 no drift, 3 drift found, 1 error, 2 config."""
-    from erpsync.cli import Fail, _load
+    from erpsync.cli.common import Fail, load
     from erpsync.erpdb import ConnectError, SchemaError, check_mapping
     from reconciler.run import reconcile as run_reconcile
 
-    cfg = _load(config)
+    cfg = load(config)
     unknown = set(sinks) - {s.name for s in cfg.sinks}
     if unknown:
         raise Fail(f"{config}: sinks: no sink named {', '.join(sorted(unknown))}", 2)

@@ -1,0 +1,65 @@
+"""What every command shares: the operator-facing failure, loading the config (secrets registered), JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from erpsync.config import Config
+
+
+class Fail(click.ClickException):
+    """A failure with a message for the operator and an exit code (1 runtime, 2 config)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        from erpsync.logs import redact
+
+        # not a log record, so the log filter never sees it: redact here too
+        click.echo(f"error: {redact(self.format_message())}", err=True)
+
+
+def register_secrets(node: Any) -> None:
+    """Every SecretStr in the config (and a DSN's password on its own) becomes redactable in any output."""
+    from pydantic import BaseModel, SecretStr
+
+    from erpsync.logs import register_secret
+
+    if isinstance(node, SecretStr):
+        value = node.get_secret_value()
+        register_secret(value)
+        from erpsync.setup_sql import pg_dsn_part
+
+        register_secret(pg_dsn_part(value, "password"))
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            register_secrets(getattr(node, name, None))
+    elif isinstance(node, list | tuple):
+        for v in node:
+            register_secrets(v)
+    elif isinstance(node, dict):
+        for v in node.values():
+            register_secrets(v)
+
+
+def load(config: str) -> Config:
+    from erpsync.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise Fail(str(e), 2) from None
+    register_secrets(cfg)
+    return cfg
+
+
+def emit_json(obj: Any) -> None:
+    from erpsync.logs import redact
+
+    click.echo(redact(json.dumps(obj, default=str, indent=2)))
+

@@ -1,0 +1,43 @@
+"""``erpsync config validate | schema``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from erpsync.cli.common import Fail, load
+
+
+@click.group("config")
+def config_group() -> None:
+    """Validate a config file or print its JSON Schema."""
+
+
+@config_group.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--offline", is_flag=True, help="do not check against the live ERP schema")
+def config_validate(file: str, offline: bool) -> None:
+    """Check FILE (and, unless --offline, its mapping against the live ERP schema)."""
+    from erpsync.erpdb import ConnectError, SchemaError, check_mapping
+
+    cfg = load(file)
+    if not offline:
+        try:
+            check_mapping(cfg)
+        except SchemaError as e:
+            raise Fail(f"{file}: {e}", 2) from None
+        except ConnectError as e:
+            raise Fail(f"{file}: {e}") from None
+    click.echo(f"{file}: OK" + (" (not checked against the ERP)" if offline else ""))
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config file (for editors)."""
+    from erpsync.config import Config
+
+    click.echo(json.dumps(Config.model_json_schema(), indent=2))
+
+
+
