@@ -127,4 +127,13 @@ class Source(Protocol):
 
 
 class SourceError(RuntimeError):
-    """A problem the operator must fix; the message says what and how."""
+    """A source problem; the message says what and, where a person must act, how. Raise one of the two
+    subclasses: the supervisor decides restart-or-stop by the type, never by the message text."""
+
+
+class SourceMisconfigured(SourceError):
+    """A person must act (credentials, grants, server settings, a missing table): stop and say the fix."""
+
+
+class SourceUnavailable(SourceError):
+    """Time fixes it (connection refused or lost, server starting up or shutting down): reconnect."""
