@@ -6,68 +6,16 @@ it is unreachable the outbox half is still reported, with a warning.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
+from cdc.outbox.views import open_readonly, outbox_status
 from erpsync.config import Config
 
 # Above this the slot (or binlog backlog) is worth a look before the ERP's disk is.
 RETAINED_WARN_BYTES = 1 << 30
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-
-
-def open_outbox_ro(path: str | Path) -> sqlite3.Connection:
-    """Read-only: status must never take a write lock the running service would wait for."""
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=10.0,
-                           isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() \
-        is not None
-
-
-def outbox_status(conn: sqlite3.Connection, sinks: list[str] | None = None) -> dict[str, Any]:
-    """Positions, per-sink pending / DLQ / last outcome, data errors — one read transaction."""
-    from cdc.outbox.store import dlq_counts, pending_counts
-
-    conn.execute("BEGIN")
-    try:
-        names = list(sinks or [])
-        added: dict[str, float] = {}
-        if _has_table(conn, "sinks"):
-            for n, at in conn.execute("SELECT name, added_at FROM sinks"):
-                added[n] = at
-                if sinks is None and n not in names:
-                    names.append(n)
-        pend = pending_counts(conn) if _has_table(conn, "deliveries") else {}
-        dlq = dlq_counts(conn) if _has_table(conn, "dead_letters") else {}
-        st: dict[str, tuple[Any, ...]] = {}
-        if _has_table(conn, "sink_status"):
-            st = {r[0]: r[1:] for r in conn.execute(
-                "SELECT sink, last_ok_at, last_error, last_error_at FROM sink_status")}
-        out_sinks = {}
-        for n in names:
-            last_ok, last_err, last_err_at = st.get(n, (None, None, None))
-            out_sinks[n] = {"pending": int(pend.get(n, 0)), "dlq": int(dlq.get(n, 0)), "last_ok_at": last_ok,
-                            "last_error": last_err, "last_error_at": last_err_at, "added_at": added.get(n)}
-        positions = {}
-        if _has_table(conn, "positions"):
-            for src, pos, done, cts, upd in conn.execute(
-                    "SELECT source, position, snapshot_done, commit_ts, updated_at FROM positions"):
-                positions[src] = {"position": pos, "snapshot_done": bool(done), "commit_ts": cts,
-                                  "updated_at": upd}
-        data_errors = 0
-        if _has_table(conn, "data_errors"):
-            data_errors = int(conn.execute("SELECT count(*) FROM data_errors").fetchone()[0])
-    finally:
-        conn.execute("COMMIT")
-    return {"positions": positions, "sinks": out_sinks, "data_errors": data_errors}
 
 
 def sink_problem(s: dict[str, Any], now: float, down_seconds: float,
@@ -122,7 +70,7 @@ def erp_mysql(conn: Any, stored: str | None) -> dict[str, Any]:
         out["current"] = f"{logs[-1][0]}:{logs[-1][1]}"
         out["oldest"] = logs[0][0]
     if stored:
-        from cdc.sources.mysql.replication import BinlogPosition
+        from cdc.sources.mysql.position import BinlogPosition
 
         pos = BinlogPosition.parse(stored)
         files = [f for f, _ in logs]
@@ -155,7 +103,7 @@ def gather(cfg: Config, *, erp: bool = True) -> dict[str, Any]:
     if not path.exists():
         check("outbox", WARN, f"{path} does not exist yet (has `erpsync run` ever run?)")
     else:
-        conn = open_outbox_ro(path)
+        conn = open_readonly(path)
         try:
             ob = outbox_status(conn, sink_names)
         finally:

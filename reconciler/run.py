@@ -14,6 +14,8 @@ from typing import Any
 
 import duckdb
 
+from cdc.outbox.store import open_reader
+from cdc.outbox.views import max_version, newer_keys, pending_keys, stored_position
 from reconciler import diff as d
 from reconciler import history
 from reconciler.config import ReconcileConfig, resolve
@@ -58,7 +60,7 @@ def compare_positions(kind: str, a: str, b: str) -> int:
 
         x, y = lsn_to_int(a), lsn_to_int(b)
     else:
-        from cdc.sources.mysql.replication import compare_positions as cmp  # type: ignore[attr-defined]
+        from cdc.sources.mysql.position import compare_positions as cmp
 
         return int(cmp(a, b))
     return (x > y) - (x < y)
@@ -69,16 +71,16 @@ def wait_catch_up(ob: sqlite3.Connection, source: str, kind: str, target: str, t
     saw is in the outbox (and in flight or delivered). None when no pipeline position exists at all."""
     deadline = time.monotonic() + timeout
     while True:
-        row = ob.execute("SELECT position FROM positions WHERE source=?", (source,)).fetchone()
-        if row is None:
+        stored = stored_position(ob, source)
+        if stored is None:
             return None
         try:
-            if compare_positions(kind, row[0], target) >= 0:
+            if compare_positions(kind, stored, target) >= 0:
                 return True
         except Exception:  # a position format we cannot order: do not pretend
             return None
         if time.monotonic() >= deadline:
-            log.warning("pipeline at %s has not reached the ERP snapshot position %s", row[0], target)
+            log.warning("pipeline at %s has not reached the ERP snapshot position %s", stored, target)
             return False
         time.sleep(0.1)
 
@@ -103,11 +105,8 @@ def reconcile(cfg: Any, *, sinks: list[str] | None = None, heal_drift: bool | No
     outbox_path = cfg.outbox_path()
     ob = None
     if Path(outbox_path).exists():
-        from cdc.outbox.store import SCHEMA, connect
-
-        ob = connect(outbox_path, durable=False)
-        ob.executescript(SCHEMA)
-    v0 = d.max_version(ob) if ob else 0  # before the ERP snapshot: anything newer is in flight
+        ob = open_reader(outbox_path)
+    v0 = max_version(ob) if ob else 0  # before the ERP snapshot: anything newer is in flight
 
     con = duckdb.connect()
     dialect = erpdb.dialect(cfg)
@@ -132,14 +131,14 @@ def reconcile(cfg: Any, *, sinks: list[str] | None = None, heal_drift: bool | No
             summary["error"] = f"cannot create the sink: {e}"
             continue
         try:
-            before = d.pending_keys(ob, scfg.name) if ob else []
+            before = pending_keys(ob, scfg.name) if ob else []
             try:
                 snapshot_shop(sink, con, chunk_rows=rc.chunk_rows, progress=progress)
             except CannotList as e:
                 summary["error"] = f"skipped: {e}"
                 summary["skipped"] = not sinks  # only an error when asked for by name
                 continue
-            after = d.pending_keys(ob, scfg.name) + d.newer_keys(ob, v0) if ob else []
+            after = pending_keys(ob, scfg.name) + newer_keys(ob, v0) if ob else []
             d.load_in_flight(con, before + after)
             res = d.classify(con, scfg.name, kinds=list(scfg.kinds), locations=list(scfg.locations) or None,
                              price_lists=list(scfg.price_lists) or None)

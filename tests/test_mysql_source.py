@@ -13,7 +13,8 @@ import pytest
 
 from cdc.changes import Chunk, SourceError
 from cdc.sources.config import MySQLSourceConfig
-from cdc.sources.mysql.replication import MAX_CHUNK, BinlogPosition, MySQLSource
+from cdc.sources.mysql.position import BinlogPosition
+from cdc.sources.mysql.replication import MAX_CHUNK, MySQLSource
 from erpsync.testing.mariadb import ThrowawayMariaDB
 
 

@@ -30,6 +30,14 @@ import pymysql
 
 from cdc.changes import Chunk, Commit, RowChange, SourceError, SourceInfo
 from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.position import (
+    BinlogPosition,
+    binlog_lag_bytes,
+    compare_positions,
+    maria_gtid_state,
+    maria_gtid_text,
+    mysql_gtid_add,
+)
 
 # binlog event types
 ROTATE, QUERY, STOP, FORMAT_DESCRIPTION, XID, TABLE_MAP, HEARTBEAT = 4, 2, 3, 15, 16, 19, 27
@@ -49,50 +57,6 @@ _TEXT_ENC = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": 
 
 _U16 = struct.Struct("<H").unpack_from
 _I32 = struct.Struct("<i").unpack_from
-
-
-# --------------------------------------------------------------------------- positions
-
-_POS_RE = re.compile(r"^(?P<file>[^:;]+):(?P<off>\d+)(?:;gtid=(?P<gtid>.*))?$")
-
-
-@dataclass(slots=True)
-class BinlogPosition:
-    file: str
-    offset: int
-    gtid: str = ""  # MariaDB "d-s-n,d-s-n" state or MySQL GTID set; "" when GTIDs are off
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.offset}" + (f";gtid={self.gtid}" if self.gtid else "")
-
-    @classmethod
-    def parse(cls, text: str) -> BinlogPosition:
-        m = _POS_RE.match(text.strip())
-        if not m:
-            raise SourceError(f"not a MySQL binlog position: {text!r} (expected "
-                              "'binlog.000001:1234[;gtid=...]')")
-        return cls(m["file"], int(m["off"]), m["gtid"] or "")
-
-    def order_key(self) -> tuple[str, int, int]:
-        base, _, num = self.file.rpartition(".")
-        return (base, int(num) if num.isdigit() else 0, self.offset)
-
-
-def compare_positions(a: str, b: str) -> int:
-    ka, kb = BinlogPosition.parse(a).order_key(), BinlogPosition.parse(b).order_key()
-    return (ka > kb) - (ka < kb)
-
-
-def _maria_gtid_state(text: str) -> dict[int, tuple[int, int]]:
-    state: dict[int, tuple[int, int]] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        d, s, n = (int(x) for x in part.split("-"))
-        state[d] = (s, n)
-    return state
-
-
-def _maria_gtid_text(state: dict[int, tuple[int, int]]) -> str:
-    return ",".join(f"{d}-{s}-{n}" for d, (s, n) in sorted(state.items()))
 
 
 # --------------------------------------------------------------------------- value decoding
@@ -882,7 +846,7 @@ class MySQLSource:
                 start.gtid = str(got[0][0] or "") if got else ""
             except pymysql.err.MySQLError:
                 pass
-        maria_state = _maria_gtid_state(start.gtid) if mariadb and start.gtid else {}
+        maria_state = maria_gtid_state(start.gtid) if mariadb and start.gtid else {}
         mysql_gtid = start.gtid if not mariadb else ""
         start_state = dict(maria_state)
         start_key = start.order_key()
@@ -899,7 +863,7 @@ class MySQLSource:
         self._read_pos = BinlogPosition(cur_file, cur_off, start.gtid)
 
         def commit_position() -> BinlogPosition:
-            gt = _maria_gtid_text(maria_state) if mariadb else mysql_gtid
+            gt = maria_gtid_text(maria_state) if mariadb else mysql_gtid
             return BinlogPosition(cur_file, cur_off, gt)
 
         while not self._closed:
@@ -1029,7 +993,7 @@ class MySQLSource:
                     gno = struct.unpack_from("<q", pkt, 37)[0]
                     uuid = f"{sid[:8]}-{sid[8:12]}-{sid[12:16]}-{sid[16:20]}-{sid[20:]}"
                     txid = f"{uuid}:{gno}"
-                    mysql_gtid = _mysql_gtid_add(mysql_gtid, uuid, gno)
+                    mysql_gtid = mysql_gtid_add(mysql_gtid, uuid, gno)
             elif etype == ROTATE:
                 cur_off = struct.unpack_from("<Q", pkt, 20)[0]
                 cur_file = pkt[28:end].decode()
@@ -1142,16 +1106,13 @@ class MySQLSource:
         pos = self._read_pos
         if pos is None:
             return {"bytes": 0.0, "seconds": 0.0}
-        logs = self._query("SHOW BINARY LOGS")
-        key = pos.order_key()
-        behind = 0
-        for row in logs:
-            f, size = row[0], int(row[1])
-            fk = BinlogPosition(f, 0).order_key()
-            if fk[:2] == key[:2]:
-                behind += max(0, size - pos.offset)
-            elif fk[:2] > key[:2]:
-                behind += size
+        logs = [(str(r[0]), int(r[1])) for r in self._query("SHOW BINARY LOGS")]
+        got = binlog_lag_bytes(logs, pos)
+        if got is not None:
+            behind = got[0]
+        else:  # our file is not on the server (any more): every later file is still ahead of us
+            key = pos.order_key()[:2]
+            behind = sum(size for f, size in logs if BinlogPosition(f, 0).order_key()[:2] > key)
         secs = max(0.0, time.time() - self.last_commit_ts) if behind and self.last_commit_ts else 0.0
         return {"bytes": float(behind), "seconds": secs}
 
@@ -1192,24 +1153,6 @@ _DDL_RE = re.compile(rb"^\s*(/\*.*?\*/\s*)*(ALTER|CREATE|DROP|RENAME|TRUNCATE)\b
 
 def _is_ddl(q: bytes) -> bool:
     return bool(_DDL_RE.match(q))
-
-
-def _mysql_gtid_add(gset: str, uuid: str, gno: int) -> str:
-    """Add one GTID to a MySQL GTID set text (intervals merged), e.g. 'uuid:1-5' + 6 → 'uuid:1-6'."""
-    parts: dict[str, list[list[int]]] = {}
-    for item in filter(None, (x.strip() for x in gset.split(","))):
-        sid, *ivs = item.split(":")
-        parts[sid.lower()] = [[int(a), int(b or a)] for a, _, b in (iv.partition("-") for iv in ivs)]
-    ivs = parts.setdefault(uuid, [])
-    if ivs and ivs[-1][0] <= gno <= ivs[-1][1]:
-        return gset
-    if ivs and ivs[-1][1] + 1 == gno:
-        ivs[-1][1] = gno
-    else:
-        ivs.append([gno, gno])
-        ivs.sort()
-    return ",".join(sid + "".join(f":{a}" if a == b else f":{a}-{b}" for a, b in iv)
-                    for sid, iv in parts.items())
 
 
 def _snapshot_converter(c: ColumnInfo, tz: dt.tzinfo) -> Any:
