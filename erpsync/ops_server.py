@@ -17,9 +17,10 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cdc.outbox.views import open_readonly, outbox_status
 from erpsync import metrics
 from erpsync.config import OpsConfig
-from erpsync.status import open_outbox_ro, outbox_status, sink_problem
+from erpsync.status import sink_problem
 
 log = logging.getLogger("erpsync.ops")
 
@@ -86,7 +87,7 @@ class OpsServer:
     def _outbox(self) -> dict[str, Any] | None:
         if not self.outbox_path.exists():
             return None
-        conn = open_outbox_ro(self.outbox_path)
+        conn = open_readonly(self.outbox_path)
         try:
             return outbox_status(conn, self.sinks)
         finally:

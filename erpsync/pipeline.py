@@ -19,7 +19,8 @@ from typing import Any
 from cdc.changes import Chunk, Source
 from cdc.facts import Fact, FactKey
 from cdc.normalize.normalizer import normalizer_for
-from cdc.outbox.store import Outbox, dlq_counts, pending_counts
+from cdc.outbox.store import Outbox
+from cdc.outbox.views import dlq_counts, pending_counts
 from erpsync import metrics
 from erpsync.config import Config
 from erpsync.delivery.embedded import Deliverer
@@ -156,7 +157,7 @@ class Pipeline:
         self.outbox.reset()
         if self.bus is not None:  # see _commit: an interrupted snapshot's msg ids are never reused
             self.outbox.version_floor(time.time_ns() // 1000)
-        top = int(self.outbox.conn.execute("SELECT coalesce(max(version), 0) FROM facts").fetchone()[0])
+        top = self.outbox.max_version()
         rows = 0
         started = time.monotonic()
         last_report = started
@@ -176,7 +177,8 @@ class Pipeline:
                     rows / (last_report - started))))
             if chunk.commit is not None:
                 if self.bus is not None:  # in JetStream before the snapshot's position is committed
-                    self.bus.publish_outbox_since(self.outbox.conn, top)
+                    for facts in self.outbox.facts_since(top):
+                        self.bus.publish(facts)
                 self.outbox.set_position(self.source_id, chunk.commit.position, commit_ts=chunk.commit.ts)
                 self.outbox.commit()
                 self.source.ack(chunk.commit.position)

@@ -13,7 +13,6 @@ for the outbox's position to reach the snapshot's (see run.py).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,20 +44,6 @@ class SinkDiff:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-# outbox side --------------------------------------------------------------------------------------------
-def max_version(ob: sqlite3.Connection) -> int:
-    return int(ob.execute("SELECT coalesce(max(version), 0) FROM facts").fetchone()[0])
-
-
-def pending_keys(ob: sqlite3.Connection, sink: str) -> list[tuple[str, str, str]]:
-    return ob.execute("SELECT kind, sku, scope FROM deliveries WHERE sink=? AND want > done",
-                      (sink,)).fetchall()
-
-
-def newer_keys(ob: sqlite3.Connection, version: int) -> list[tuple[str, str, str]]:
-    return ob.execute("SELECT kind, sku, scope FROM facts WHERE version > ?", (version,)).fetchall()
 
 
 def load_in_flight(con: duckdb.DuckDBPyConnection, keys: Iterable[tuple[str, str, str]]) -> int:

@@ -56,11 +56,7 @@ def heal(con: duckdb.DuckDBPyConnection, outbox_path: Any, sink: str, sink_kinds
         ob.begin()
         ob.write_facts(facts)
         # unchanged values were skipped above: re-deliver the current fact to this sink anyway
-        ob.conn.executemany(
-            "INSERT INTO deliveries (sink, kind, sku, scope, want) "
-            "SELECT ?, kind, sku, scope, version FROM facts WHERE kind=? AND sku=? AND scope=? "
-            "ON CONFLICT(sink, kind, sku, scope) DO UPDATE SET want=excluded.want, done=0, attempts=0, "
-            "next_at=0", [(sink, f.kind, f.sku, f.key.scope) for f in facts])
+        ob.redeliver(sink, [f.key for f in facts])
         ob.commit()
     finally:
         ob.close()

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from cdc.facts import stock_fact
-from cdc.outbox.store import Outbox, dlq_counts, pending_counts
+from cdc.outbox.store import Outbox
+from cdc.outbox.views import dlq_counts, pending_counts
 from erpsync.delivery.embedded import DOWN_PAUSE_MAX, Deliverer
 from erpsync.testing import wait_for
 from sinks.config import WebhookSinkConfig

@@ -14,7 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from cdc.facts import stock_fact
-from cdc.outbox.store import Outbox, SinkQueue
+from cdc.outbox.queue import SinkQueue
+from cdc.outbox.store import Outbox
 from erpsync.cli import main
 from erpsync.config import OpsConfig, load_config_text
 from sinks.base import Outcome

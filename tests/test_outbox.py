@@ -1,7 +1,9 @@
 from decimal import Decimal
 
 from cdc.facts import price_fact, stock_fact
-from cdc.outbox.store import Outbox, SinkQueue, dlq_counts, dlq_list, dlq_retry, pending_counts
+from cdc.outbox.queue import SinkQueue
+from cdc.outbox.store import Outbox
+from cdc.outbox.views import dlq_counts, dlq_list, dlq_retry, pending_counts
 
 
 def test_newest_value_per_key_and_unchanged_values_are_skipped(tmp_path):

@@ -9,10 +9,8 @@ Memory stays flat however long a shop is down: the backlog lives on disk.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +62,12 @@ def connect(path: str | Path, *, durable: bool = True) -> sqlite3.Connection:
     return conn
 
 
-@dataclass(slots=True)
-class Pending:
-    fact: Fact
-    attempts: int
+def open_reader(path: str | Path) -> sqlite3.Connection:
+    """A non-durable connection to an existing outbox, its tables created if missing (another process
+    reading beside the service: the reconciler, a delivery thread)."""
+    conn = connect(path, durable=False)
+    conn.executescript(SCHEMA)
+    return conn
 
 
 class Outbox:
@@ -203,6 +203,32 @@ class Outbox:
                     out[(kind, sku, scope)] = value
         return out
 
+    def max_version(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(version), 0) FROM facts").fetchone()[0])
+
+    def facts_since(self, version: int, chunk: int = 20_000) -> Iterator[list[Fact]]:
+        """The facts written above ``version``, in version order, ``chunk`` at a time (read inside the open
+        transaction, so it sees them before they commit: the snapshot's facts for a NATS bus)."""
+        while True:
+            rows = self.conn.execute(
+                "SELECT kind, sku, scope, value, version, position, commit_ts FROM facts WHERE version > ? "
+                "ORDER BY version LIMIT ?", (version, chunk)).fetchall()
+            if not rows:
+                return
+            yield [Fact(FactKey(r[0], r[1], r[2]), decode_value(r[0], r[3]), r[4], r[5] or "", r[6] or 0.0)
+                   for r in rows]
+            version = rows[-1][4]
+
+    def redeliver(self, sink: str, keys: Iterable[FactKey]) -> None:
+        """Queue the current fact of each key for ``sink`` again, even where it acknowledged that version
+        (the reconciler found the shop showing something else). Inside the open transaction."""
+        self.begin()
+        self.conn.executemany(
+            "INSERT INTO deliveries (sink, kind, sku, scope, want) "
+            "SELECT ?, kind, sku, scope, version FROM facts WHERE kind=? AND sku=? AND scope=? "
+            "ON CONFLICT(sink, kind, sku, scope) DO UPDATE SET want=excluded.want, done=0, attempts=0, "
+            "next_at=0", [(sink, k.kind, k.sku, k.scope) for k in keys])
+
     def facts(self, kind: str | None = None) -> Iterator[Fact]:
         q = "SELECT kind, sku, scope, value, version, position, commit_ts FROM facts"
         args: tuple[Any, ...] = ()
@@ -248,89 +274,9 @@ class Outbox:
         self.conn.close()
 
 
-class SinkQueue:
-    """What one sink still has to deliver. Each delivery thread owns one (own SQLite connection)."""
+class Transaction:
+    """``with Transaction(conn):`` BEGIN IMMEDIATE … COMMIT (ROLLBACK on error, keeping its error)."""
 
-    def __init__(self, path: str | Path, sink: str, *, lock: threading.Lock | None = None) -> None:
-        self.sink = sink
-        self.conn = connect(path, durable=False)  # loss of an ack only means a harmless re-push
-        self.conn.executescript(SCHEMA)
-
-    def next_batch(self, limit: int, now: float | None = None) -> list[Pending]:
-        """Up to ``limit`` facts this sink lacks and may try now, oldest-due first, newest value each."""
-        now = time.time() if now is None else now
-        rows = self.conn.execute(
-            "SELECT f.kind, f.sku, f.scope, f.value, f.version, f.position, f.commit_ts, d.attempts "
-            "FROM deliveries d JOIN facts f ON f.kind=d.kind AND f.sku=d.sku AND f.scope=d.scope "
-            "WHERE d.sink=? AND d.want > d.done AND d.next_at <= ? ORDER BY d.next_at LIMIT ?",
-            (self.sink, now, limit)).fetchall()
-        return [Pending(Fact(FactKey(r[0], r[1], r[2]), decode_value(r[0], r[3]), r[4], r[5] or "",
-                             r[6] or 0.0), r[7]) for r in rows]
-
-    def next_due(self) -> float | None:
-        row = self.conn.execute(
-            "SELECT min(next_at) FROM deliveries WHERE sink=? AND want > done", (self.sink,)).fetchone()
-        return row[0]
-
-    def mark_ok(self, facts: list[Fact]) -> None:
-        if not facts:
-            return
-        now = time.time()
-        with _tx(self.conn):
-            self.conn.executemany(
-                "UPDATE deliveries SET done=max(done, ?), attempts=0, next_at=0, last_error=NULL "
-                "WHERE sink=? AND kind=? AND sku=? AND scope=?",
-                [(f.version, self.sink, f.kind, f.sku, f.key.scope) for f in facts])
-            # a newer value got through: the older failure is history, not a problem to act on
-            self.conn.executemany(
-                "DELETE FROM dead_letters WHERE sink=? AND kind=? AND sku=? AND scope=? AND version < ?",
-                [(self.sink, f.kind, f.sku, f.key.scope, f.version) for f in facts])
-            self.conn.execute(
-                "INSERT INTO sink_status (sink, last_ok_at) VALUES (?, ?) ON CONFLICT(sink) DO UPDATE "
-                "SET last_ok_at=excluded.last_ok_at", (self.sink, now))
-
-    def mark_retry(self, items: list[tuple[Fact, int, float, str]]) -> None:
-        """(fact, attempts so far + 1, delay seconds, error) for each fact to try again later."""
-        if not items:
-            return
-        now = time.time()
-        with _tx(self.conn):
-            self.conn.executemany(
-                "UPDATE deliveries SET attempts=?, next_at=?, last_error=? "
-                "WHERE sink=? AND kind=? AND sku=? AND scope=? AND want=?",
-                [(a, now + d, err, self.sink, f.kind, f.sku, f.key.scope, f.version)
-                 for f, a, d, err in items])
-            self._status_error(items[-1][3], now)
-
-    def mark_dead(self, items: list[tuple[Fact, int, str]]) -> None:
-        """(fact, attempts, error): the shop refused it; park it in the dead-letter table."""
-        if not items:
-            return
-        now = time.time()
-        with _tx(self.conn):
-            self.conn.executemany(
-                "INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(sink, kind, sku, scope) "
-                "DO UPDATE SET version=excluded.version, value=excluded.value, error=excluded.error, "
-                "attempts=excluded.attempts, failed_at=excluded.failed_at",
-                [(self.sink, f.kind, f.sku, f.key.scope, f.version, encode_value(f.value), err, a, now)
-                 for f, a, err in items])
-            self.conn.executemany(
-                "UPDATE deliveries SET done=max(done, ?), attempts=0, next_at=0, last_error=? "
-                "WHERE sink=? AND kind=? AND sku=? AND scope=?",
-                [(f.version, err, self.sink, f.kind, f.sku, f.key.scope) for f, _a, err in items])
-            self._status_error(items[-1][2], now)
-
-    def _status_error(self, error: str, now: float) -> None:
-        self.conn.execute(
-            "INSERT INTO sink_status (sink, last_error, last_error_at) VALUES (?,?,?) ON CONFLICT(sink) "
-            "DO UPDATE SET last_error=excluded.last_error, last_error_at=excluded.last_error_at",
-            (self.sink, error[:500], now))
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _tx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
@@ -344,49 +290,3 @@ class _tx:
             self.conn.execute("ROLLBACK")
 
 
-# read-only views for status, dlq and metrics ------------------------------------------------------
-def pending_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT sink, count(*) FROM deliveries WHERE want > done GROUP BY sink"))
-
-
-def dlq_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink"))
-
-
-def dlq_list(conn: sqlite3.Connection, sink: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    q = "SELECT sink, kind, sku, scope, version, value, error, attempts, failed_at FROM dead_letters"
-    args: tuple[Any, ...] = ()
-    if sink:
-        q += " WHERE sink=?"
-        args = (sink,)
-    q += " ORDER BY failed_at LIMIT ?"
-    cols = ["sink", "kind", "sku", "scope", "version", "value", "error", "attempts", "failed_at"]
-    return [dict(zip(cols, r, strict=True)) for r in conn.execute(q, (*args, limit))]
-
-
-def _dlq_where(sink: str | None, skus: list[str] | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if sink:
-        clauses.append("sink=?")
-        args.append(sink)
-    if skus:
-        clauses.append(f"sku IN ({','.join('?' * len(skus))})")
-        args.extend(skus)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-
-def dlq_retry(conn: sqlite3.Connection, sink: str | None = None, skus: list[str] | None = None) -> int:
-    """Queue dead letters again (with the fact's *current* value) and clear them."""
-    where, args = _dlq_where(sink, skus)
-    with _tx(conn):
-        rows = conn.execute(f"SELECT sink, kind, sku, scope FROM dead_letters{where}", args).fetchall()
-        conn.executemany("UPDATE deliveries SET done=0, attempts=0, next_at=0, last_error=NULL "
-                         "WHERE sink=? AND kind=? AND sku=? AND scope=?", rows)
-        conn.execute(f"DELETE FROM dead_letters{where}", args)
-    return len(rows)
-
-
-def dlq_drop(conn: sqlite3.Connection, sink: str | None = None, skus: list[str] | None = None) -> int:
-    where, args = _dlq_where(sink, skus)
-    with _tx(conn):
-        return conn.execute(f"DELETE FROM dead_letters{where}", args).rowcount

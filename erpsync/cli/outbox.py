@@ -58,7 +58,7 @@ def _outbox_conn(config: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
     """List dead letters (oldest first)."""
-    from cdc.outbox.store import dlq_list
+    from cdc.outbox.views import dlq_list
     from erpsync.logs import redact
 
     rows = dlq_list(_outbox_conn(config), sink)
@@ -79,7 +79,7 @@ def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
 @click.option("--sku", "skus", multiple=True, help="only these SKUs (repeatable)")
 def dlq_retry_cmd(config: str, sink: str | None, skus: tuple[str, ...]) -> None:
     """Queue dead letters again (with the current value) for the running service to push."""
-    from cdc.outbox.store import dlq_retry
+    from cdc.outbox.views import dlq_retry
 
     n = dlq_retry(_outbox_conn(config), sink, list(skus) or None)
     click.echo(f"{n} dead letter(s) queued again")
@@ -91,7 +91,7 @@ def dlq_retry_cmd(config: str, sink: str | None, skus: tuple[str, ...]) -> None:
 @click.option("--sku", "skus", multiple=True)
 def dlq_drop_cmd(config: str, sink: str | None, skus: tuple[str, ...]) -> None:
     """Forget dead letters (the shop keeps whatever it has)."""
-    from cdc.outbox.store import dlq_drop
+    from cdc.outbox.views import dlq_drop
 
     n = dlq_drop(_outbox_conn(config), sink, list(skus) or None)
     click.echo(f"{n} dead letter(s) dropped")

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from cdc.outbox.store import Pending, SinkQueue
+from cdc.outbox.queue import Pending, SinkQueue
 from erpsync import metrics
 from erpsync.logs import fields
 from sinks.base import Outcome, Sink, backoff_seconds

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import threading
 import time
 import zlib
@@ -25,7 +24,7 @@ from typing import Any, TypeVar
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from cdc.facts import Fact, FactKey, decode_value
+from cdc.facts import Fact, FactKey
 from erpsync import metrics
 
 log = logging.getLogger("erpsync.bus")
@@ -156,20 +155,6 @@ class NatsPublisher:
         if msgs:
             self._loop.run(self._publish_all(msgs))
         return len(msgs)
-
-    def publish_outbox_since(self, conn: sqlite3.Connection, version: int, chunk: int = 20_000) -> int:
-        """Publish the facts written above ``version`` (read inside the writer's open transaction, so it
-        sees them before they commit): the snapshot's facts, without holding them all in memory."""
-        total = 0
-        while True:
-            rows = conn.execute(
-                "SELECT kind, sku, scope, value, version, position, commit_ts FROM facts WHERE version > ? "
-                "ORDER BY version LIMIT ?", (version, chunk)).fetchall()
-            if not rows:
-                return total
-            total += self.publish(Fact(FactKey(r[0], r[1], r[2]), decode_value(r[0], r[3]), r[4], r[5] or "",
-                                       r[6] or 0.0) for r in rows)
-            version = rows[-1][4]
 
     async def _publish_all(self, msgs: list[tuple[str, bytes, str]]) -> None:
         """Pipelined: up to max_in_flight publishes awaiting their acks at once (an await per message is
