@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 
 from cdc.changes import UNCHANGED_TOAST, Chunk, RowChange, SourceError
-from cdc.sources.config import PostgresSourceConfig
+from cdc.sources.postgres.config import PostgresSourceConfig
 from cdc.sources.postgres.replication import PostgresSource, int_to_lsn, lsn_to_int
 from erpsync.testing.postgres import ThrowawayPostgres
 

@@ -22,7 +22,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from cdc.changes import Chunk, Commit, RowChange, SourceError, SourceInfo
-from cdc.sources.config import PostgresSourceConfig
+from cdc.sources.postgres.config import PostgresSourceConfig
 from cdc.sources.postgres.decoder import (
     SESSION_OPTIONS,
     PgOutputDecoder,
