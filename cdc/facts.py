@@ -72,6 +72,23 @@ class Fact:
         body.update({"version": self.version, "position": self.position, "erp_commit_ts": self.commit_ts})
         return body
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Fact:
+        """The inverse of ``to_json`` (a NATS message's body). Raises KeyError / ValueError / TypeError on a
+        body that is not a fact."""
+        kind = body["kind"]
+        scope = body["location"] if kind == "stock" else body["price_list"]
+        value = {k: v for k, v in body.items() if k not in _WIRE_META}
+        if kind == "price":
+            for k in ("amount", "compare_at"):
+                if value.get(k) is not None:
+                    value[k] = Decimal(value[k])
+        return cls(FactKey(kind, body["sku"], scope), value, int(body["version"]), body.get("position") or "",
+                   float(body.get("erp_commit_ts") or 0.0))
+
+
+_WIRE_META = {"kind", "sku", "location", "price_list", "version", "position", "erp_commit_ts"}
+
 
 def stock_fact(sku: str, location: str, available: int, **kw: Any) -> Fact:
     return Fact(FactKey("stock", sku, location), {"available": int(available)}, **kw)

@@ -14,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 import zlib
-from collections.abc import Coroutine, Iterable
-from decimal import Decimal
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from cdc.facts import Fact, FactKey
+from cdc.facts import Fact
+from cdc.natsio import LoopThread, connect
 from erpsync import metrics
 
 log = logging.getLogger("erpsync.bus")
@@ -32,7 +31,6 @@ T = TypeVar("T")
 
 SUBJECT_PREFIX = "erpsync.facts"
 DLQ_STREAM = "ERPSYNC_DLQ"
-_META = {"kind", "sku", "location", "price_list", "version", "position", "erp_commit_ts"}
 
 
 def partition_of(sku: str, partitions: int) -> int:
@@ -53,16 +51,7 @@ def encode_fact(fact: Fact) -> bytes:
 
 
 def decode_fact(data: bytes) -> Fact:
-    d = json.loads(data)
-    kind = d["kind"]
-    scope = d["location"] if kind == "stock" else d["price_list"]
-    value = {k: v for k, v in d.items() if k not in _META}
-    if kind == "price":
-        for k in ("amount", "compare_at"):
-            if value.get(k) is not None:
-                value[k] = Decimal(value[k])
-    return Fact(FactKey(kind, d["sku"], scope), value, int(d["version"]), d.get("position") or "",
-                float(d.get("erp_commit_ts") or 0.0))
+    return Fact.from_json(json.loads(data))
 
 
 def parse_partitions(spec: str, total: int) -> list[int]:
@@ -79,12 +68,6 @@ def parse_partitions(spec: str, total: int) -> list[int]:
     return sorted(out)
 
 
-async def connect(url: str, name: str) -> Any:
-    """A client that reconnects forever: a NATS restart pauses us, it does not kill us."""
-    return await nats.connect(servers=[u.strip() for u in url.split(",")], name=name,
-                              max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=5)
-
-
 async def ensure_streams(js: Any, cfg: Any) -> None:
     """The facts stream (work queue: a message is gone once a worker acked it) and the dead-letter one."""
     want = [
@@ -99,22 +82,6 @@ async def ensure_streams(js: Any, cfg: Any) -> None:
             await js.stream_info(sc.name)
         except nats.js.errors.NotFoundError:
             await js.add_stream(sc)
-
-
-class LoopThread:
-    """An asyncio event loop on a daemon thread; ``run(coro)`` blocks the caller until it completes."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class NatsPublisher:

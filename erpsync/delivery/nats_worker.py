@@ -23,8 +23,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from cdc.facts import Fact, FactKey
+from cdc.natsio import connect
 from erpsync import metrics
-from erpsync.delivery.nats_bus import connect, decode_fact, ensure_streams, subject
+from erpsync.delivery.nats_bus import decode_fact, ensure_streams, subject
 from erpsync.logs import fields
 from sinks.base import Outcome, Sink, backoff_seconds
 

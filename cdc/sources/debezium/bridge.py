@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cdc.changes import Chunk, Commit, RowChange, SourceError
-from cdc.sources.config import DebeziumSourceConfig
+from cdc.sources.debezium.config import DebeziumSourceConfig
 from cdc.sources.debezium.decoder import DebeziumDecoder
 
 
@@ -45,7 +45,7 @@ class NatsTransport:
     """A durable pull consumer with AckPolicy.ALL: acking the last message of a position acks all before."""
 
     def __init__(self, cfg: DebeziumSourceConfig, max_ack_pending: int) -> None:
-        from erpsync.delivery.nats_bus import LoopThread
+        from cdc.natsio import LoopThread
 
         self.cfg = cfg
         self.max_ack_pending = max_ack_pending
@@ -62,7 +62,7 @@ class NatsTransport:
     async def _open(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        from erpsync.delivery.nats_bus import connect
+        from cdc.natsio import connect
 
         if self._nc is None:
             self._nc = await connect(self.cfg.url, "erpsync-debezium")
