@@ -172,3 +172,50 @@ def test_worker_coalesces_dedups_and_never_regresses(nats_server: ThrowawayNats)
             t.join(10)
         pub.close()
         emu.stop()
+
+
+def test_long_shop_outage_on_the_nats_path_dead_letters_nothing(nats_server: ThrowawayNats) -> None:  # noqa: F811
+    """The NATS workers follow the same delivery policy as the SQLite path: while every push fails the shop is
+    down, so messages are redelivered far past max_attempts without one reaching the dead-letter stream."""
+    import asyncio
+
+    from cdc.natsio import connect
+
+    emu = WebhookEmulator()
+    emu.start()
+    emu.set_faults(down=True, retry_after=0)
+    cfg = load_config_text(yaml.safe_dump({
+        "source": {"kind": "postgres", "dsn": "unused"},
+        "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
+        "sinks": [{"name": "outage", "kind": "webhook", "url": emu.endpoint, "max_attempts": 2}],
+        "bus": {"kind": "nats", "url": nats_server.url, "partitions": 1}}))
+    pub = NatsPublisher(cfg.bus, {"outage": ["stock"]})
+    stop = threading.Event()
+    t = threading.Thread()
+
+    async def dlq_messages() -> int:
+        nc = await connect(nats_server.url, "test-dlq")
+        try:
+            info = await nc.jetstream().stream_info("ERPSYNC_DLQ")
+            subjects = info.state.subjects or {}
+            return int(subjects.get("erpsync.dlq.outage", 0)) if subjects else int(info.state.messages)
+        finally:
+            await nc.close()
+
+    try:
+        pub.publish([stock_fact(f"O{i}", "a", 100 + i, version=i + 1) for i in range(20)])
+        w = Worker(cfg, "outage", [0], name="t", ack_wait=2)
+        t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+        t.start()
+        # every message delivered well past max_attempts (2) while the shop answers 503
+        assert wait_for(lambda: emu.stats["requests"] >= 6, timeout=60), emu.stats
+        emu.set_faults(down=False)
+        want = {(f"O{i}", "a"): 100 + i for i in range(20)}
+        assert wait_for(lambda: emu.stock() == want, timeout=60), emu.stock()
+        assert asyncio.run(dlq_messages()) == 0
+    finally:
+        stop.set()
+        if t.is_alive():
+            t.join(10)
+        pub.close()
+        emu.stop()

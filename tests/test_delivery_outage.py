@@ -10,7 +10,8 @@ from pathlib import Path
 from cdc.facts import stock_fact
 from cdc.outbox.store import Outbox
 from cdc.outbox.views import dlq_counts, pending_counts
-from erpsync.delivery.embedded import DOWN_PAUSE_MAX, Deliverer
+from erpsync.delivery.embedded import Deliverer
+from erpsync.delivery.policy import DOWN_PAUSE_MAX
 from erpsync.testing import wait_for
 from sinks.config import WebhookSinkConfig
 from sinks.emulators.webhook import WebhookEmulator

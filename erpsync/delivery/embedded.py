@@ -15,15 +15,11 @@ from pathlib import Path
 
 from cdc.outbox.queue import Pending, SinkQueue
 from erpsync import metrics
+from erpsync.delivery.policy import DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX, Action, judge
 from erpsync.logs import fields
-from sinks.base import Outcome, Sink, backoff_seconds
+from sinks.base import Sink
 
 log = logging.getLogger("erpsync.delivery")
-OUTAGE_ATTEMPTS = 8  # during an outage the backoff stops growing here (≈ 60 s cap); the count is not spent
-# While every fact of every batch fails transiently the shop is down: the thread pauses between batches
-# (doubling up to this cap, or the shop's Retry-After) instead of cycling through the whole backlog — a
-# down shop must not cost the ERP side CPU or the outbox's write lock.
-DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX = 0.05, 5.0
 
 
 class Deliverer(threading.Thread):
@@ -100,22 +96,14 @@ class Deliverer(threading.Thread):
             results = self.sink.push(facts)
         now = time.time()
         ok, retry, dead = [], [], []
-        # Every fact of the batch failed transiently: the shop (or the way to it) is down, not these facts.
-        # An outage of any length must not dead-letter good facts: back off (capped) and keep them queued;
-        # max_attempts only limits retries of facts the shop keeps failing while it serves others.
-        shop_down = all(r.outcome is Outcome.RETRY for r in results)
-        for p, r in zip(batch, results, strict=True):
-            if r.outcome is Outcome.OK:
+        judged = judge(results, [p.attempts for p in batch], self.max_attempts)
+        for p, r, v in zip(batch, results, judged.verdicts, strict=True):
+            if v.action is Action.OK:
                 ok.append(p.fact)
-            elif r.outcome is Outcome.RETRY and (shop_down or p.attempts + 1 < self.max_attempts):
-                attempts = min(p.attempts + 1, OUTAGE_ATTEMPTS) if shop_down else p.attempts + 1
-                delay = max(r.retry_after or 0.0, backoff_seconds(attempts))
-                retry.append((p.fact, attempts, delay, r.message or "retry"))
+            elif v.action is Action.RETRY:
+                retry.append((p.fact, v.attempts, v.delay, v.message))
             else:
-                msg = r.message
-                if r.outcome is not Outcome.PERMANENT:
-                    msg = f"gave up after {p.attempts + 1} tries: {r.message}"
-                dead.append((p.fact, p.attempts + 1, msg))
+                dead.append((p.fact, v.attempts, v.message))
             if r.throttled:
                 metrics.sink_throttled_total.labels(self.sink.name).inc()
         queue.mark_ok(ok)
@@ -135,6 +123,4 @@ class Deliverer(threading.Thread):
                 log.warning("dead-lettered %s for sink %s: %s", f.key, name, msg)
         log.info("pushed batch", extra=fields(sink=name, facts=len(batch), ok=len(ok), retry=len(retry),
                                                dead=len(dead), ms=round((now - started) * 1000, 1)))
-        if not shop_down or not results:
-            return None
-        return max(r.retry_after or 0.0 for r in results)
+        return judged.retry_after if judged.shop_down else None

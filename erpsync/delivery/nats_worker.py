@@ -25,9 +25,11 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from cdc.facts import Fact, FactKey
 from cdc.natsio import connect
 from erpsync import metrics
+from erpsync.delivery.embedded import DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX
 from erpsync.delivery.nats_bus import decode_fact, ensure_streams, subject
+from erpsync.delivery.policy import Action, judge
 from erpsync.logs import fields
-from sinks.base import Outcome, Sink, backoff_seconds
+from sinks.base import Outcome, Sink
 
 log = logging.getLogger("erpsync.worker")
 
@@ -57,6 +59,7 @@ class Worker:
         self.ack_wait = ack_wait
         self.max_attempts = self.sink_cfg.max_attempts
         self.delivered = 0
+        self._down_batches = 0  # consecutive batches that failed whole
         self._push_slots = asyncio.Semaphore(concurrency)  # sinks keep per-shop pacing state
         self._js: Any = None
         self._kv: Any = None
@@ -175,20 +178,24 @@ class Worker:
                   if r.outcome is Outcome.OK]
             # the guard first, then the acks: a crash in between only re-pushes the same version
             await asyncio.gather(*(self._kv.put(kv_key(f.key), str(f.version).encode()) for f, _, _ in ok))
-            for (f, m, older), r in zip(push, results, strict=True):
+            # NATS counts deliveries; the policy counts tries before this one
+            judged = judge(results, [m.metadata.num_delivered - 1 for _, m, _ in push], self.max_attempts)
+            for (f, m, older), v in zip(push, judged.verdicts, strict=True):
                 stale.extend(older)
-                if r.outcome is Outcome.OK:
+                if v.action is Action.OK:
                     await m.ack()
-                    continue
-                attempts = m.metadata.num_delivered
-                if r.outcome is Outcome.RETRY and attempts < self.max_attempts:
-                    await m.nak(delay=max(r.retry_after or 0.0, backoff_seconds(attempts)))
+                elif v.action is Action.RETRY:
+                    await m.nak(delay=v.delay)
                 else:
-                    why = (r.message if r.outcome is Outcome.PERMANENT
-                           else f"gave up after {attempts} tries: {r.message}")
-                    log.warning("dead-lettered %s for sink %s: %s", f.key, self.sink.name, why)
-                    await self._dead(m.data, why, attempts)
+                    log.warning("dead-lettered %s for sink %s: %s", f.key, self.sink.name, v.message)
+                    await self._dead(m.data, v.message, v.attempts)
                     await m.ack()
+            if judged.shop_down:  # the shop is down: pause this partition instead of cycling through it
+                self._down_batches += 1
+                pause = min(DOWN_PAUSE_MAX, DOWN_PAUSE_FIRST * 2 ** min(self._down_batches - 1, 20))
+                await asyncio.sleep(max(pause, min(judged.retry_after, 60.0)))
+            else:
+                self._down_batches = 0
             self.delivered += len(ok)
             metrics.bus_delivered_total.labels(*labels).inc(len(ok))
             metrics.sink_facts_total.labels(self.sink.name, "ok").inc(len(ok))
