@@ -1,5 +1,5 @@
-"""Plain (non-replication) connections to the ERP database, for checks, snapshots in the reconciler and
-the demo. Errors never include the DSN or password."""
+"""Plain (non-replication) connections to the ERP database — each database's plugin opens its own — and
+the mapping's check against the live schema. Errors never include the DSN or password."""
 
 from __future__ import annotations
 
@@ -7,36 +7,19 @@ from typing import Any
 
 from cdc.mapping.schema_check import SchemaError, check_rules
 from cdc.normalize.normalizer import normalizer_for
+from cdc.sources.admin import ConnectError, first_line
+from cdc.sources.registry import plugin_for
 from erpsync.config import Config
 
 
-class ConnectError(RuntimeError):
-    pass
-
-
 def connect(cfg: Config) -> Any:
-    src = cfg.source
-    if src.kind == "postgres":
-        import psycopg2
-
-        try:
-            conn = psycopg2.connect(src.dsn.get_secret_value(), connect_timeout=10)
-        except psycopg2.OperationalError as e:
-            raise ConnectError(f"source.dsn: cannot connect to PostgreSQL: {_first(e)}") from None
-        conn.autocommit = True
-        return conn
-    import pymysql
-
-    try:
-        return pymysql.connect(host=src.host, port=src.port, user=src.user,
-                               password=src.password.get_secret_value(), database=src.database,
-                               connect_timeout=10, autocommit=True)
-    except pymysql.MySQLError as e:
-        raise ConnectError(f"source: cannot connect to MySQL at {src.host}:{src.port}: {_first(e)}") from None
+    """The source's plain SQL connection (ConnectUnavailable: time fixes it; ConnectMisconfigured: a
+    person must act; both are ConnectError)."""
+    return plugin_for(cfg.source.kind).connect_sql(cfg.source)
 
 
 def dialect(cfg: Config) -> str:
-    return "postgres" if cfg.source.kind == "postgres" else "mysql"
+    return plugin_for(cfg.source.kind).dialect(cfg.source)
 
 
 def check_mapping(cfg: Config, conn: Any | None = None) -> None:
@@ -70,7 +53,8 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
                 except Exception as e:
                     _reset(conn)
                     where = "stock" if kind == "stock" else "prices"
-                    raise SchemaError(f"{where}: the snapshot SELECT fails on the ERP: {_first(e)}") from None
+                    raise SchemaError(f"{where}: the snapshot SELECT fails on the ERP: "
+                                      f"{first_line(e)}") from None
     finally:
         if own:
             conn.close()
@@ -86,11 +70,6 @@ def _reset(conn: Any) -> None:
     from cdc.mapping.schema_check import _reset as reset
 
     reset(conn)
-
-
-def _first(e: Exception) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 __all__ = ["ConnectError", "SchemaError", "check_mapping", "connect", "dialect"]

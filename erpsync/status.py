@@ -12,9 +12,6 @@ from typing import Any
 from cdc.outbox.views import open_readonly, outbox_status
 from erpsync.config import Config
 
-# Above this the slot (or binlog backlog) is worth a look before the ERP's disk is.
-RETAINED_WARN_BYTES = 1 << 30
-
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 
@@ -35,52 +32,6 @@ def sink_problem(s: dict[str, Any], now: float, down_seconds: float,
         return None
     return (f"no successful push for {failing_for:.0f}s with {s['pending']} pending; "
             f"last error: {s.get('last_error') or '?'}")
-
-
-# -- ERP side ----------------------------------------------------------------------------------------
-def erp_postgres(conn: Any, slot: str) -> dict[str, Any]:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT plugin, database, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, "
-            "wal_status, safe_wal_size, (pg_current_wal_lsn() - confirmed_flush_lsn)::float8, "
-            "(pg_current_wal_lsn() - restart_lsn)::float8, pg_current_wal_lsn()::text "
-            "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-        row = cur.fetchone()
-        if row is None:
-            cur.execute("SELECT pg_current_wal_lsn()::text")
-            return {"slot": slot, "slot_exists": False, "current_lsn": cur.fetchone()[0]}
-    keys = ["plugin", "database", "active", "active_pid", "restart_lsn", "confirmed_flush_lsn", "wal_status",
-            "safe_wal_size", "lag_bytes", "retained_bytes", "current_lsn"]
-    out = {"slot": slot, "slot_exists": True, **dict(zip(keys, row, strict=True))}
-    for k in ("lag_bytes", "retained_bytes", "safe_wal_size"):
-        if out[k] is not None:
-            out[k] = int(out[k])
-    return out
-
-
-def erp_mysql(conn: Any, stored: str | None) -> dict[str, Any]:
-    with conn.cursor() as cur:
-        try:
-            cur.execute("SHOW BINARY LOGS")
-            logs = [(r[0], int(r[1])) for r in cur.fetchall()]
-        except Exception as e:  # needs REPLICATION CLIENT / BINLOG MONITOR
-            return {"error": f"SHOW BINARY LOGS: {e}"}
-    out: dict[str, Any] = {"binlogs": len(logs), "binlog_bytes": sum(s for _, s in logs)}
-    if logs:
-        out["current"] = f"{logs[-1][0]}:{logs[-1][1]}"
-        out["oldest"] = logs[0][0]
-    if stored:
-        from cdc.sources.mysql.position import BinlogPosition
-
-        pos = BinlogPosition.parse(stored)
-        files = [f for f, _ in logs]
-        out["stored_file_present"] = pos.file in files
-        if pos.file in files:
-            i = files.index(pos.file)
-            out["lag_bytes"] = max(0, logs[i][1] - pos.offset) + sum(s for _, s in logs[i + 1:])
-            # what the server keeps only because we might still need it (from our file on)
-            out["retained_bytes"] = sum(s for _, s in logs[i:])
-    return out
 
 
 def gather(cfg: Config, *, erp: bool = True) -> dict[str, Any]:
@@ -143,51 +94,27 @@ def gather(cfg: Config, *, erp: bool = True) -> dict[str, Any]:
 
 
 def _erp_status(cfg: Config, report: dict[str, Any], stored: str | None, check: Any) -> None:
-    from erpsync.erpdb import ConnectError, connect
+    """The ERP half: the database's plugin reports its slot or binlog retention and the lag."""
+    from cdc.sources.admin import ConnectError
+    from cdc.sources.registry import plugin_for
 
+    plugin = plugin_for(cfg.source.kind)
+    if not plugin.has_sql:
+        report["erp"] = plugin.erp_status(None, cfg.source, stored).info
+        return
     try:
-        conn = connect(cfg)
+        conn = plugin.connect_sql(cfg.source)
     except ConnectError as e:
         report["erp"] = {"reachable": False, "error": str(e)}
         check("erp", WARN, f"ERP not reachable: {e}")
         return
     try:
-        if cfg.source.kind == "postgres":
-            info = erp_postgres(conn, cfg.source.slot)
-            report["erp"] = {"reachable": True, **info}
-            if not info["slot_exists"]:
-                if stored:
-                    check("slot", FAIL, f"replication slot {cfg.source.slot!r} is missing although a "
-                                        f"position is stored ({stored}); changes may be lost: "
-                                        "erpsync snapshot --reset")
-                else:
-                    check("slot", OK, "no slot yet (created by the first `erpsync run`)")
-                return
-            report["lag"]["bytes"] = info["lag_bytes"]
-            ws, retained = info["wal_status"], info["retained_bytes"] or 0
-            if ws == "lost":
-                check("slot", FAIL, f"slot {cfg.source.slot!r} lost WAL it needed (wal_status=lost): "
-                                    "re-snapshot with erpsync snapshot --reset")
-            elif ws in ("extended", "unreserved") or retained > RETAINED_WARN_BYTES:
-                check("slot", WARN, f"slot retains {retained / 2**20:.0f} MiB of WAL (wal_status={ws}); "
-                                    "is erpsync running and confirming?")
-            else:
-                check("slot", OK, f"wal_status={ws}, retained {retained / 2**20:.1f} MiB")
-        else:
-            info = erp_mysql(conn, stored)
-            report["erp"] = {"reachable": True, **info}
-            if "error" in info:
-                check("binlog", WARN, info["error"])
-                return
-            report["lag"]["bytes"] = info.get("lag_bytes")
-            if stored and not info.get("stored_file_present", True):
-                check("binlog", FAIL, f"the stored position {stored} is in a binlog the server has purged "
-                                      "(oldest kept: {}); re-snapshot with erpsync snapshot --reset"
-                      .format(info.get("oldest")))
-            elif (info.get("retained_bytes") or 0) > RETAINED_WARN_BYTES:
-                check("binlog", WARN, f"{info['retained_bytes'] / 2**20:.0f} MiB of binlog not yet read")
-            else:
-                check("binlog", OK, f"current {info.get('current')}")
+        st = plugin.erp_status(conn, cfg.source, stored)
+        report["erp"] = st.info
+        if st.lag_bytes is not None:
+            report["lag"]["bytes"] = st.lag_bytes
+        for name, level, detail in st.checks:
+            check(name, level, detail)
     except Exception as e:
         report["erp"] = {"reachable": True, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"}
         check("erp", WARN, f"ERP status query failed: {report['erp']['error']}")

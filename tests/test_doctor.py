@@ -137,7 +137,8 @@ def test_pg_setup_apply_gives_a_least_privilege_role_doctor_accepts(pg_dsn: str,
 
 
 def test_setup_sql_quotes_identifiers() -> None:
-    from erpsync.setup_sql import my_ident, my_literal, pg_ident, pg_table
+    from cdc.sources.mysql.admin import my_ident, my_literal
+    from cdc.sources.postgres.admin import pg_ident, pg_table
 
     assert pg_ident('we"ird') == '"we""ird"'
     assert pg_table('s"x.t; DROP TABLE y') == '"s""x"."t; DROP TABLE y"'
@@ -239,7 +240,7 @@ def test_mariadb_grants_retention_and_server_id(maria_ok: Any, tmp_path: Path) -
 
 
 def test_parse_grants_variants() -> None:
-    from erpsync.doctor import parse_grants
+    from cdc.sources.mysql.admin import parse_grants
 
     g = parse_grants([
         "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO `erpsync`@`%` IDENTIFIED BY PASSWORD '*ABC'",

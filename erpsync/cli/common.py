@@ -33,7 +33,7 @@ def register_secrets(node: Any) -> None:
     if isinstance(node, SecretStr):
         value = node.get_secret_value()
         register_secret(value)
-        from erpsync.setup_sql import pg_dsn_part
+        from cdc.sources.postgres.admin import pg_dsn_part
 
         register_secret(pg_dsn_part(value, "password"))
     elif isinstance(node, BaseModel):

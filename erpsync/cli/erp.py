@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
@@ -65,7 +64,9 @@ def setup(config: str, print_sql: bool, apply: bool, admin_dsn_env: str | None, 
     """Least-privilege role, grants and publication for erpsync (print for review, or --apply)."""
     import os
 
-    from erpsync import setup_sql
+    from cdc.sources.admin import SetupError, SetupRequest, apply_plan
+    from cdc.sources.registry import plugin_for
+    from erpsync.doctor import mapped_tables
 
     cfg = load(config)
     admin_dsn = os.environ.get(admin_dsn_env) if admin_dsn_env else None
@@ -77,46 +78,18 @@ def setup(config: str, print_sql: bool, apply: bool, admin_dsn_env: str | None, 
 
     register_secret(admin_dsn)
     register_secret(os.environ.get(password_env))
-    if cfg.source.kind == "postgres":
-        import psycopg2
-
-        dsn_user = setup_sql.pg_dsn_part(cfg.source.dsn.get_secret_value(), "user")
-        conn = None
-        try:  # inspect the live server so the plan fits it (existing role/publication, keyless tables)
-            conn = psycopg2.connect(admin_dsn or cfg.source.dsn.get_secret_value(), connect_timeout=10)
-            conn.autocommit = True
-            if role is None and dsn_user:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (dsn_user,))
-                    row = cur.fetchone()
-                # never hand a superuser's name to ALTER ROLE: a dedicated role is the point of setup
-                role = "erpsync" if row and row[0] else dsn_user
-            role = role or "erpsync"
-            plan = setup_sql.plan_postgres(cfg, role, password_env, setup_sql.pg_live(conn, cfg, role))
-        except psycopg2.Error as e:
-            if apply:
-                first = str(e).strip().splitlines()[0]
-                raise Fail(f"cannot connect with ${admin_dsn_env}: {first}") from None
-            role = role or (dsn_user if dsn_user not in (None, "postgres") else "erpsync")
-            plan = setup_sql.plan_postgres(cfg, role, password_env)
-            plan.header.append("(server not inspected: REPLICA IDENTITY needs and existing objects unknown)")
-    else:
-        import pymysql
-
-        role = role or (cfg.source.user if cfg.source.user != "root" else "erpsync")
-        plan = setup_sql.plan_mysql(cfg, role, password_env, host_pattern)
-        conn = None
-        if apply:
-            try:
-                conn = pymysql.connect(**setup_sql.mysql_dsn_args(admin_dsn or ""), connect_timeout=10)
-            except (ValueError, pymysql.MySQLError) as e:
-                raise Fail(f"cannot connect with ${admin_dsn_env}: {e}") from None
+    req = SetupRequest(mapped_tables(cfg), role, password_env, host=host_pattern, admin_dsn=admin_dsn,
+                       admin_dsn_env=admin_dsn_env, apply=apply)
+    try:
+        plan, conn = plugin_for(cfg.source.kind).setup_plan(cfg.source, req)
+    except SetupError as e:
+        raise Fail(str(e)) from None
     try:
         if not apply:
             click.echo(plan.render(), nl=False)
             return
         try:
-            for line in setup_sql.apply_plan(plan, conn):
+            for line in apply_plan(plan, conn):
                 click.echo(f"applied: {line}")
         except Exception as e:
             raise Fail(f"setup failed: {str(e).strip().splitlines()[0]}") from None
@@ -132,40 +105,21 @@ def setup(config: str, print_sql: bool, apply: bool, admin_dsn_env: str | None, 
 def teardown(config: str, yes: bool) -> None:
     """Drop erpsync's replication slot and publication on the ERP (decommissioning: no slot left behind
     retaining WAL). The outbox keeps its facts; its stored position (of the dropped slot) is cleared."""
-    cfg = load(config)
-    if cfg.source.kind != "postgres":
-        click.echo("MySQL/MariaDB: erpsync keeps nothing on the server (no slot); drop the user if unused:")
-        from erpsync.setup_sql import my_account
-
-        click.echo(f"  DROP USER {my_account(cfg.source.user, '%')};")
-        return
     from cdc.changes import SourceError
-    from erpsync.pipeline import make_source
+    from cdc.sources.registry import plugin_for
 
-    s = cfg.source
-    if not yes and not click.confirm(f"Drop replication slot {s.slot!r} and publication {s.publication!r}? "
-                                     "The next `erpsync run` will take a full snapshot"):
+    cfg = load(config)
+    plugin = plugin_for(cfg.source.kind)
+    question = plugin.teardown_question(cfg.source)
+    if question and not yes and not click.confirm(question):
         raise Fail("aborted", 1)
-    src: Any = make_source(cfg, [])
     try:
-        src.drop_slot()
-        click.echo(f"replication slot {s.slot!r} dropped (or did not exist)")
-        try:
-            src.drop_publication()
-            click.echo(f"publication {s.publication!r} dropped (or did not exist)")
-        except Exception as e:
-            from erpsync.setup_sql import pg_ident
-
-            raise Fail(f"could not drop publication {s.publication!r} ({str(e).strip().splitlines()[0]}); "
-                       f"as its owner run: DROP PUBLICATION {pg_ident(s.publication)};") from None
+        position_void = plugin.teardown(cfg.source, click.echo)
     except SourceError as e:
         raise Fail(str(e)) from None
-    finally:
-        src.close()
     from cdc.outbox.store import Outbox
 
-    if cfg.outbox_path().exists():
+    if position_void and cfg.outbox_path().exists():
         ob = Outbox(cfg.outbox_path())
         ob.reset()  # the stored position refers to the dropped slot
         ob.close()
-
