@@ -5,8 +5,10 @@ Secrets (DSNs, tokens, keys) are SecretStr: they never appear in reprs, logs, er
 
 from __future__ import annotations
 
+import operator
 import os
 import re
+from functools import reduce
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cdc.mapping.model import LookupMapping, PriceMapping, StockMapping
 from cdc.mapping.rules import RuleError
-from cdc.sources.config import DebeziumSourceConfig, MySQLSourceConfig, PostgresSourceConfig
+from cdc.sources.registry import config_classes, kinds
 from reconciler.config import ReconcileConfig
 from sinks.config import SinkConfig
+
+# ``source:`` is one of the registered databases' settings, told apart by ``kind``
+SourceConfig: Any = reduce(operator.or_, config_classes())
+_SOURCE_KINDS = tuple(kinds())
 
 
 class ConfigError(ValueError):
@@ -66,7 +72,7 @@ class NatsBusConfig(BaseModel):
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: PostgresSourceConfig | MySQLSourceConfig | DebeziumSourceConfig = Field(discriminator="kind")
+    source: SourceConfig = Field(discriminator="kind")
     bus: EmbeddedBusConfig | NatsBusConfig = Field(default_factory=EmbeddedBusConfig, discriminator="kind")
     lookups: dict[str, LookupMapping] = Field(
         default_factory=dict, description="name -> key/value table that rules read with lookup(name, expr)")
@@ -130,8 +136,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("postgres", "mysql", "debezium", "embedded", "nats", "webhook", "function-after",
-                      "function-before"):
+        elif part in (*_SOURCE_KINDS, "embedded", "nats", "webhook", "function-after", "function-before"):
             continue  # discriminator tags pydantic inserts into the path
         else:
             out += f".{part}" if out else str(part)

@@ -21,6 +21,7 @@ from cdc.facts import Fact, FactKey
 from cdc.normalize.normalizer import normalizer_for
 from cdc.outbox.store import Outbox
 from cdc.outbox.views import dlq_counts, pending_counts
+from cdc.sources.registry import plugin_for
 from erpsync import metrics
 from erpsync.config import Config
 from erpsync.delivery.embedded import Deliverer
@@ -34,26 +35,14 @@ _TABLE_OP = attrgetter("source.table", "op")
 
 
 def source_id(cfg: Config) -> str:
-    s = cfg.source
-    if s.kind == "debezium":
-        return f"debezium:{s.transport}:{s.durable if s.transport == 'nats' else s.group_id}"
-    return f"postgres:{s.slot}" if s.kind == "postgres" else f"mysql:{s.server_id}"
+    return plugin_for(cfg.source.kind).source_id(cfg.source)
 
 
 def make_source(cfg: Config, tables: list[str]) -> Source:
-    if cfg.source.kind == "postgres":
-        from cdc.sources.postgres.replication import PostgresSource
-
-        register_secret(cfg.source.dsn.get_secret_value())
-        return PostgresSource(cfg.source, tables)
-    if cfg.source.kind == "debezium":
-        from cdc.sources.debezium.bridge import DebeziumSource
-
-        return DebeziumSource(cfg.source, tables)
-    from cdc.sources.mysql.replication import MySQLSource
-
-    register_secret(cfg.source.password.get_secret_value())
-    return MySQLSource(cfg.source, tables)
+    plugin = plugin_for(cfg.source.kind)
+    for secret in plugin.secrets(cfg.source):
+        register_secret(secret)
+    return plugin.make_source(cfg.source, tables)
 
 
 def make_sink(sink_cfg: Any) -> Sink:

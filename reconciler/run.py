@@ -55,15 +55,9 @@ class ReconcileResult:
 
 
 def compare_positions(kind: str, a: str, b: str) -> int:
-    if kind == "postgres":
-        from cdc.sources.postgres.decoder import lsn_to_int
+    from cdc.sources.registry import plugin_for
 
-        x, y = lsn_to_int(a), lsn_to_int(b)
-    else:
-        from cdc.sources.mysql.position import compare_positions as cmp
-
-        return int(cmp(a, b))
-    return (x > y) - (x < y)
+    return plugin_for(kind).compare(a, b)
 
 
 def wait_catch_up(ob: sqlite3.Connection, source: str, kind: str, target: str, timeout: float) -> bool | None:

@@ -27,13 +27,9 @@ def snapshot(config: str, reset: bool, yes: bool) -> None:
     ob = Outbox(cfg.outbox_path())
     ob.reset()
     ob.close()
-    if cfg.source.kind == "postgres":
-        from erpsync.pipeline import make_source
+    from cdc.sources.registry import plugin_for
 
-        src: Any = make_source(cfg, [cfg.stock.table] if cfg.stock else [])
-        if hasattr(src, "drop_slot"):
-            src.drop_slot()
-        src.close()
+    plugin_for(cfg.source.kind).reset_snapshot(cfg.source, [cfg.stock.table] if cfg.stock else [])
     click.echo("stored position cleared; the next `erpsync run` takes a fresh snapshot")
 
 
