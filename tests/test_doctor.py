@@ -261,3 +261,21 @@ def test_status_reads_the_binlog_position(maria_ok: Any, tmp_path: Path) -> None
     st = json.loads(r.stdout)
     assert st["erp"]["reachable"] and st["erp"]["current"].startswith("binlog.")
     assert st["source"]["position"] is None and st["sinks"]["shop"]["pending"] == 0
+
+
+def test_connect_errors_carry_their_type() -> None:
+    from cdc.changes import SourceMisconfigured, SourceUnavailable
+    from cdc.sources.admin import ConnectError, connect_error
+
+    for msg in ("source: cannot connect to MySQL at 127.0.0.1:3307: Can't connect to MySQL server on "
+                "'127.0.0.1' ([Errno 111] Connection refused)",
+                "source.dsn: cannot connect to PostgreSQL: FATAL:  the database system is starting up",
+                "source.dsn: cannot connect to PostgreSQL: timeout expired"):
+        e = connect_error(msg)
+        assert isinstance(e, SourceUnavailable) and isinstance(e, ConnectError) and str(e) == msg
+    for msg in ("source: cannot connect to MySQL at h:3306: Access denied for user 'x'@'y' "
+                "(using password: YES)",
+                'source.dsn: cannot connect to PostgreSQL: FATAL:  password authentication failed for "u"',
+                'source.dsn: cannot connect to PostgreSQL: FATAL:  role "nobody" does not exist'):
+        e = connect_error(msg)
+        assert isinstance(e, SourceMisconfigured) and isinstance(e, ConnectError)

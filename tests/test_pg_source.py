@@ -428,3 +428,36 @@ def test_lsn_helpers() -> None:
     assert lsn_to_int("16/B374D848") == (0x16 << 32) | 0xB374D848
     assert int_to_lsn(lsn_to_int("0/0")) == "0/0"
     assert int_to_lsn(lsn_to_int("AB/CD")) == "AB/CD"
+
+
+def test_connection_errors_are_typed(pg_server: ThrowawayPostgres, pg_dsn: str, make_source: Any) -> None:
+    """Refused (time fixes it) vs an unknown role or table (a person must act), for the reader and the
+    plain SQL connection alike; a connection the server drops under the reader is no raw driver error."""
+    from cdc.changes import SourceMisconfigured, SourceUnavailable
+    from cdc.sources.admin import ConnectError
+    from cdc.sources.postgres.admin import connect_sql
+
+    execute(pg_dsn, "CREATE TABLE items (id int PRIMARY KEY)")
+    refused = f"host=127.0.0.1 port={pg_server.port + 1} dbname=erp user=u password=s3cr3t connect_timeout=2"
+    with pytest.raises(SourceUnavailable, match="cannot connect to PostgreSQL") as ei:
+        make_source(["items"], dsn=refused).prepare()
+    assert not isinstance(ei.value, SourceMisconfigured) and "s3cr3t" not in str(ei.value)
+    with pytest.raises(SourceUnavailable, match="cannot connect to PostgreSQL") as ci:
+        connect_sql(PostgresSourceConfig(dsn=refused))
+    assert isinstance(ci.value, ConnectError) and "s3cr3t" not in str(ci.value)
+
+    no_role = pg_dsn.replace("user=postgres", "user=nobody_here")
+    with pytest.raises(SourceMisconfigured, match="nobody_here"):
+        make_source(["items"], dsn=no_role).prepare()
+    with pytest.raises(SourceMisconfigured, match="nobody_here") as ci:
+        connect_sql(PostgresSourceConfig(dsn=no_role))
+    assert isinstance(ci.value, ConnectError) and not isinstance(ci.value, SourceUnavailable)
+    with pytest.raises(SourceMisconfigured, match=r"public\.nope"):
+        make_source(["public.nope"]).prepare()
+
+    src = make_source(["items"])
+    src.prepare()
+    execute(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'erpsync' AND datname = current_database()")
+    with pytest.raises(SourceUnavailable, match="was lost"):
+        src.lag()

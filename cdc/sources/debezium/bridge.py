@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cdc.changes import Chunk, Commit, RowChange, SourceError
+from cdc.changes import Chunk, Commit, RowChange, SourceMisconfigured, SourceUnavailable
 from cdc.sources.debezium.config import DebeziumSourceConfig
 from cdc.sources.debezium.decoder import DebeziumDecoder
 
@@ -60,6 +60,7 @@ class NatsTransport:
         self._loop.run(self._open(), timeout=60)
 
     async def _open(self) -> None:
+        import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         from cdc.natsio import connect
@@ -70,8 +71,12 @@ class NatsTransport:
         try:
             await js.stream_info(self.cfg.stream)
         except Exception as e:
-            raise SourceError(f"source.stream: JetStream stream {self.cfg.stream!r} not found at "
-                              f"{self.cfg.url}: {e}") from None
+            # no answer in time or no connection is time's to fix; a missing stream is the config's
+            lost = isinstance(e, TimeoutError | OSError | nats.errors.ConnectionClosedError
+                              | nats.errors.NoServersError)
+            raise (SourceUnavailable if lost else SourceMisconfigured)(
+                f"source.stream: JetStream stream {self.cfg.stream!r} not found at {self.cfg.url}: {e}"
+            ) from None
         cc = ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=120,
                             max_ack_pending=self.max_ack_pending, max_deliver=-1)
         self._sub = await js.pull_subscribe(self.cfg.subject, durable=self.cfg.durable,
@@ -154,8 +159,8 @@ class KafkaTransport:
             try:
                 from confluent_kafka import Consumer, TopicPartition
             except ImportError:
-                raise SourceError("source.transport kafka needs confluent-kafka "
-                                  "(pip install confluent-kafka)") from None
+                raise SourceMisconfigured("source.transport kafka needs confluent-kafka "
+                                         "(pip install confluent-kafka)") from None
             consumer = consumer or Consumer({
                 "bootstrap.servers": cfg.bootstrap_servers, "group.id": cfg.group_id,
                 "enable.auto.commit": False, "auto.offset.reset": "earliest", **cfg.kafka})
@@ -167,7 +172,7 @@ class KafkaTransport:
 
     def open(self, from_position: str) -> None:
         if not self.cfg.topics:
-            raise SourceError("source.topics: name the Debezium topics to read")
+            raise SourceMisconfigured("source.topics: name the Debezium topics to read")
         self._stored = kafka_offsets(from_position)
         self.offsets = dict(self._stored)
         self.consumer.subscribe(list(self.cfg.topics), on_assign=self._on_assign)
@@ -185,7 +190,7 @@ class KafkaTransport:
             if m.error():
                 err = m.error()
                 if getattr(err, "fatal", lambda: False)():
-                    raise SourceError(f"kafka: {err}")
+                    raise SourceMisconfigured(f"kafka: {err}")  # fatal: the client cannot go on
                 continue  # partition EOF and the like: informational
             tp = (m.topic(), m.partition())
             done = m.offset() <= self._stored.get(tp, -1)

@@ -21,7 +21,16 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from cdc.changes import Chunk, Commit, RowChange, SourceError, SourceInfo
+from cdc.changes import (
+    Chunk,
+    Commit,
+    RowChange,
+    SourceError,
+    SourceInfo,
+    SourceMisconfigured,
+    SourceUnavailable,
+)
+from cdc.sources.admin import first_line, is_transient
 from cdc.sources.postgres.config import PostgresSourceConfig
 from cdc.sources.postgres.decoder import (
     SESSION_OPTIONS,
@@ -42,8 +51,14 @@ IDLE_TICK = 0.5  # an empty chunk at least this often while idle, so the caller 
 FIRST_USER_OID = 16384
 
 
-class ReplicationConnectionLost(ConnectionError):
+class ReplicationConnectionLost(SourceUnavailable, ConnectionError):
     """The replication connection broke mid-stream; nothing unacked was confirmed. Restart the reader."""
+
+
+def _driver_error(e: Exception) -> type[SourceError]:
+    """A failed statement: a broken connection is time's to fix, anything else the server refused."""
+    return SourceUnavailable if isinstance(e, psycopg2.OperationalError | psycopg2.InterfaceError) \
+        else SourceMisconfigured
 
 
 def split_table(name: str) -> tuple[str, str]:
@@ -84,14 +99,15 @@ class PostgresSource:
             opts = psycopg2.extensions.parse_dsn(self._dsn).get("options", "")
         except psycopg2.Error:
             # from None: libpq's parse error quotes fragments of the DSN, which may hold the password
-            raise SourceError("the PostgreSQL DSN could not be parsed (check its syntax)") from None
+            raise SourceMisconfigured("the PostgreSQL DSN could not be parsed (check its syntax)") from None
         try:
             return psycopg2.connect(self._dsn, options=f"{opts} {SESSION_OPTIONS}".strip(),
                                     application_name="erpsync", **kw)
         except psycopg2.OperationalError as e:
             # libpq's message names host/user but never the password; the DSN itself is not echoed.
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SourceError(f"cannot connect to PostgreSQL at {self._where()}: {reason}") from None
+            kind = SourceUnavailable if is_transient(reason) else SourceMisconfigured
+            raise kind(f"cannot connect to PostgreSQL at {self._where()}: {reason}") from None
 
     @property
     def side(self) -> Any:
@@ -117,11 +133,25 @@ class PostgresSource:
         self._repl = self._cur = None
 
     # -- prepare ---------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A raw driver error escaping here is a lost connection to the server: SourceUnavailable."""
+        try:
+            yield
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            self._close_repl()
+            raise SourceUnavailable(f"connection to PostgreSQL at {self._where()} was lost: "
+                                    f"{first_line(e)}") from e
+
     def prepare(self) -> None:
+        with self._unavailable():
+            self._prepare()
+
+    def _prepare(self) -> None:
         self.db = self._q("SELECT current_database()")[0][0]
         wal_level = self._q("SHOW wal_level")[0][0]
         if wal_level != "logical":
-            raise SourceError(
+            raise SourceMisconfigured(
                 f"PostgreSQL at {self._where()} has wal_level={wal_level}; logical replication needs "
                 "wal_level=logical. Run: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL.")
         user, can_repl, is_super = self._q(
@@ -129,12 +159,12 @@ class PostgresSource:
         if not (can_repl or is_super):
             stmt = sql.SQL("ALTER ROLE {} WITH REPLICATION;").format(sql.Identifier(user))
             stmt = stmt.as_string(self.side)
-            raise SourceError(f"role {user!r} may not use replication. As a superuser run: {stmt}")
+            raise SourceMisconfigured(f"role {user!r} may not use replication. As a superuser run: {stmt}")
         self._check_tables()
         slots = self._q("SELECT slot_name FROM pg_replication_slots")
         max_slots = int(self._q("SHOW max_replication_slots")[0][0])
         if self.config.slot not in {s[0] for s in slots} and len(slots) >= max_slots:
-            raise SourceError(
+            raise SourceMisconfigured(
                 f"all max_replication_slots={max_slots} replication slots are in use. Drop an unused one "
                 "(SELECT slot_name, active FROM pg_replication_slots; "
                 "SELECT pg_drop_replication_slot('name');)"
@@ -154,12 +184,13 @@ class PostgresSource:
             elif not rows[0][1]:
                 unreadable.append(sql.Identifier(schema, table).as_string(self.side))
         if missing:
-            raise SourceError(f"mapped table(s) not found in database {self.db!r}: {', '.join(missing)} "
-                              "(check the table names in the mapping, or create the tables)")
+            raise SourceMisconfigured(f"mapped table(s) not found in database {self.db!r}: "
+                                      f"{', '.join(missing)} (check the table names in the mapping, or "
+                                      "create the tables)")
         if unreadable:
             tabs = ", ".join(unreadable)
-            raise SourceError(f"the replication role cannot read {tabs}; "
-                              f"run: GRANT SELECT ON {tabs} TO <role>;")
+            raise SourceMisconfigured(f"the replication role cannot read {tabs}; "
+                                      f"run: GRANT SELECT ON {tabs} TO <role>;")
 
     def _table_list(self, tables: list[tuple[str, str]]) -> sql.Composable:
         return sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
@@ -171,14 +202,14 @@ class PostgresSource:
         if not row:
             create = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, self._table_list(self.tables))
             if not self.config.create_publication:
-                raise SourceError(f"publication {self.config.publication!r} does not exist; run: "
-                                  f"{create.as_string(self.side)};")
+                raise SourceMisconfigured(f"publication {self.config.publication!r} does not exist; run: "
+                                          f"{create.as_string(self.side)};")
             try:
                 self._q(create)
             except psycopg2.Error as e:
-                raise SourceError(f"could not create publication {self.config.publication!r} "
-                                  f"({e.pgerror or e}); as the tables' owner run: "
-                                  f"{create.as_string(self.side)};") from None
+                raise SourceMisconfigured(f"could not create publication {self.config.publication!r} "
+                                          f"({e.pgerror or e}); as the tables' owner run: "
+                                          f"{create.as_string(self.side)};") from None
             return
         if row[0][0]:
             return  # FOR ALL TABLES
@@ -188,8 +219,8 @@ class PostgresSource:
         if missing:
             alter = sql.SQL("ALTER PUBLICATION {} ADD TABLE {};").format(pub, self._table_list(missing))
             names = ", ".join(f"{s}.{t}" for s, t in missing)
-            raise SourceError(f"publication {self.config.publication!r} does not include {names}; "
-                              f"run: {alter.as_string(self.side)}")
+            raise SourceMisconfigured(f"publication {self.config.publication!r} does not include {names}; "
+                                      f"run: {alter.as_string(self.side)}")
 
     # -- slot ------------------------------------------------------------------------------------------
     def _slot(self) -> tuple[Any, ...] | None:
@@ -207,25 +238,33 @@ class PostgresSource:
         return s[0] if s else None
 
     def needs_snapshot(self, stored_position: str | None) -> bool:
+        with self._unavailable():
+            return self._needs_snapshot(stored_position)
+
+    def _needs_snapshot(self, stored_position: str | None) -> bool:
         if stored_position is None:
             return True
         s = self._slot()
         if s is None or s[0] == "lost" or (self.db and s[4] != self.db):
             state = "is missing" if s is None else ("lost its WAL (wal_status=lost)" if s[0] == "lost"
                                                     else f"belongs to database {s[4]!r}")
-            raise SourceError(
+            raise SourceMisconfigured(
                 f"replication slot {self.config.slot!r} {state} although a stored position "
                 f"({stored_position}) exists — e.g. after a failover or when max_slot_wal_keep_size was "
                 "exceeded. Changes may have been missed; re-snapshot with: erpsync snapshot --reset")
         return False
 
     def drop_slot(self) -> None:
+        with self._unavailable():
+            self._drop_slot()
+
+    def _drop_slot(self) -> None:
         self._close_repl()
         self._q("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                 "WHERE slot_name = %s AND NOT active", (self.config.slot,))
         if self._slot() is not None:
-            raise SourceError(f"replication slot {self.config.slot!r} is in use by another process "
-                              "(pg_replication_slots.active_pid); stop it first")
+            raise SourceMisconfigured(f"replication slot {self.config.slot!r} is in use by another process "
+                                      "(pg_replication_slots.active_pid); stop it first")
 
     def drop_publication(self) -> None:
         self._q(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.config.publication)))
@@ -259,6 +298,10 @@ class PostgresSource:
 
     # -- snapshot --------------------------------------------------------------------------------------
     def snapshot(self, tables: list[str] | None = None) -> Iterator[Chunk]:
+        with self._unavailable():
+            yield from self._snapshot(tables)
+
+    def _snapshot(self, tables: list[str] | None) -> Iterator[Chunk]:
         wanted = [split_table(t) for t in tables] if tables else self.tables
         if not self.db:
             self.db = self._q("SELECT current_database()")[0][0]
@@ -272,8 +315,8 @@ class PostgresSource:
             _slot, consistent_point, snapshot_name, _plugin = rcur.fetchone()
         except psycopg2.Error as e:
             self._close_repl()
-            raise SourceError(f"could not create replication slot {self.config.slot!r}: "
-                              f"{(e.pgerror or str(e)).strip()}") from None
+            raise _driver_error(e)(f"could not create replication slot {self.config.slot!r}: "
+                                   f"{(e.pgerror or str(e)).strip()}") from None
         # The exported snapshot lives until the replication connection's next command: keep it idle.
         conn = self._connect()
         try:
@@ -302,7 +345,7 @@ class PostgresSource:
                       "WHERE n.nspname = %s AND c.relname = %s", (schema, table))
             row = c.fetchone()
             if row is None:
-                raise SourceError(f"mapped table {schema}.{table} not found in database {self.db!r}")
+                raise SourceMisconfigured(f"mapped table {schema}.{table} not found in database {self.db!r}")
             oid = row[0]
             # Same columns as pgoutput sends: no dropped or generated columns, in attnum order.
             c.execute("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
@@ -341,6 +384,10 @@ class PostgresSource:
 
     # -- stream ----------------------------------------------------------------------------------------
     def stream(self, from_position: str) -> Iterator[Chunk]:
+        with self._unavailable():
+            yield from self._stream(from_position)
+
+    def _stream(self, from_position: str) -> Iterator[Chunk]:
         start = lsn_to_int(from_position)
         if not self.db:
             self.db = self._q("SELECT current_database()")[0][0]
@@ -358,8 +405,8 @@ class PostgresSource:
             reason = (e.pgerror or str(e)).strip()
             if "is active for PID" in reason:  # our previous, killed process's walsender is still exiting
                 raise ReplicationConnectionLost(f"slot {self.config.slot!r} still busy: {reason}") from None
-            raise SourceError(f"could not start replication from slot {self.config.slot!r} at "
-                              f"{from_position}: {reason}") from None
+            raise _driver_error(e)(f"could not start replication from slot {self.config.slot!r} at "
+                                   f"{from_position}: {reason}") from None
         self._cur = cur
         dec = PgOutputDecoder(db=self.db, type_resolver=self._base_type, key_resolver=self._full_key)
         decode_row, decode = dec.decode_row, dec.decode
@@ -471,6 +518,10 @@ class PostgresSource:
         self._acked = max(self._acked, lsn_to_int(position))
 
     def lag(self) -> dict[str, Any]:
+        with self._unavailable():
+            return self._lag()
+
+    def _lag(self) -> dict[str, Any]:
         now = time.monotonic()
         if self._lag_cache is None or now - self._lag_cache[0] >= 1.0:
             rows = self._q("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8, "
