@@ -8,16 +8,18 @@ from __future__ import annotations
 import operator
 import os
 import re
+from collections.abc import Iterator
 from functools import reduce
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from cdc.mapping.model import LookupMapping, PriceMapping, StockMapping
 from cdc.mapping.rules import RuleError
-from cdc.sources.registry import config_classes, kinds
+from cdc.sources.registry import config_classes, kinds, plugin_for
+from erpsync.logs import register_secret
 from reconciler.config import ReconcileConfig
 from sinks.config import SinkConfig
 
@@ -177,7 +179,31 @@ def load_config_text(text: str, origin: str = "<string>") -> Config:
         normalizer_for(cfg, sqlite3.connect(":memory:"))
     except RuleError as e:
         raise ConfigError(f"{origin}: {e}") from None
+    register_secrets(cfg)
     return cfg
+
+
+def register_secrets(cfg: Config) -> None:
+    """Every SecretStr of the config, and what its source calls secret inside them (a DSN's password on
+    its own), becomes redactable in any output — once, when the config is loaded."""
+    for value in _secret_values(cfg):
+        register_secret(value)
+    for value in plugin_for(cfg.source.kind).secrets(cfg.source):
+        register_secret(value)
+
+
+def _secret_values(node: Any) -> Iterator[str]:
+    if isinstance(node, SecretStr):
+        yield node.get_secret_value()
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _secret_values(getattr(node, name, None))
+    elif isinstance(node, list | tuple):
+        for v in node:
+            yield from _secret_values(v)
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _secret_values(v)
 
 
 def load_config(path: str | Path) -> Config:

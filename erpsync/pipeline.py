@@ -25,9 +25,10 @@ from cdc.sources.registry import plugin_for
 from erpsync import metrics
 from erpsync.config import Config
 from erpsync.delivery.embedded import Deliverer
-from erpsync.logs import fields, register_secret
+from erpsync.logs import fields
 from erpsync.ops_server import OpsServer
 from sinks.base import Sink
+from sinks.registry import make_sink
 
 log = logging.getLogger("erpsync.pipeline")
 
@@ -39,26 +40,8 @@ def source_id(cfg: Config) -> str:
 
 
 def make_source(cfg: Config, tables: list[str]) -> Source:
-    plugin = plugin_for(cfg.source.kind)
-    for secret in plugin.secrets(cfg.source):
-        register_secret(secret)
-    return plugin.make_source(cfg.source, tables)
-
-
-def make_sink(sink_cfg: Any) -> Sink:
-    for name in ("secret", "token", "access_token", "consumer_key", "consumer_secret", "api_key", "key"):
-        value = getattr(sink_cfg, name, None)
-        if value is not None and hasattr(value, "get_secret_value"):
-            register_secret(value.get_secret_value())
-    try:
-        from sinks.registry import make_sink as registry_make_sink
-    except ImportError:
-        registry_make_sink = None
-    if registry_make_sink is not None:
-        return registry_make_sink(sink_cfg)
-    from sinks.webhook import WebhookSink
-
-    return WebhookSink(sink_cfg)
+    """The configured database's reader (its secrets were registered for redaction when cfg was loaded)."""
+    return plugin_for(cfg.source.kind).make_source(cfg.source, tables)
 
 
 @dataclass
@@ -90,10 +73,9 @@ class Pipeline:
         self.source = source or make_source(cfg, self.normalizer.tables)
         self.source_id = source_id(cfg)
         self.sinks = sinks if sinks is not None else [] if nats_bus else [make_sink(s) for s in cfg.sinks]
-        self.deliverers = [
-            Deliverer(s, cfg.outbox_path(), max_attempts=c.max_attempts)
-            for s, c in zip(self.sinks, cfg.sinks, strict=False)
-        ]
+        # paired with its config by name (cfg.sink raises naming the sink when there is none)
+        self.deliverers = [Deliverer(s, cfg.outbox_path(), max_attempts=cfg.sink(s.name).max_attempts)
+                           for s in self.sinks]
         self.stats = RunStats()
         self._last_lag = 0.0
         self._clamped_seen = self._errors_seen = 0
@@ -209,14 +191,14 @@ class Pipeline:
                 self.bus.publish(changed)
             if position is not None:
                 self.outbox.set_position(self.source_id, position, commit_ts=commit_ts)
-            self.outbox.commit()
+            changed_by_kind = self.outbox.commit()
         except BaseException:
             self.outbox.rollback()
             raise
         self.stats.facts += n
         self.stats.commits += 1
-        if n:
-            metrics.facts_written_total.labels("stock").inc(n)
+        for kind, count in changed_by_kind.items():
+            metrics.facts_written_total.labels(kind).inc(count)
 
     def _stream(self, position: str, stop: threading.Event) -> None:
         ocfg = self.cfg.outbox

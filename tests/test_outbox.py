@@ -71,3 +71,18 @@ def test_sink_added_later_gets_current_facts(tmp_path):
     ob.commit()
     ob.register_sinks({"a": ["stock"], "b": ["stock"]})
     assert [p.fact.available for p in SinkQueue(tmp_path / "o.db", "b").next_batch(10)] == [3]
+
+
+def test_commit_counts_changed_values_per_kind(tmp_path) -> None:
+    ob = Outbox(tmp_path / "o.db", {"s": ["stock", "price"]})
+    ob.begin()
+    ob.write_facts([stock_fact("A", "mad", 1), price_fact("A", "RETAIL", Decimal("9.90"), "EUR"),
+                    price_fact("B", "RETAIL", Decimal("1.00"), "EUR")])
+    assert ob.commit() == {"stock": 1, "price": 2}
+    ob.begin()
+    ob.write_facts([stock_fact("A", "mad", 1), stock_fact("A", "bcn", 3)])  # only one is a change
+    ob.rollback()
+    ob.begin()
+    ob.write_facts([stock_fact("A", "mad", 2)])
+    assert ob.commit() == {"stock": 1}  # the rolled-back transaction's change is not counted
+    ob.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class Outbox:
         row = self.conn.execute("SELECT max(version) FROM facts").fetchone()
         self._version = int(row[0] or 0)
         self.sink_kinds: dict[str, list[str]] = {}
+        self._changed: Counter[str] = Counter()  # values changed per fact kind in the open transaction
         if sinks is not None:
             self.register_sinks(sinks)
 
@@ -92,12 +94,17 @@ class Outbox:
             self.conn.execute("BEGIN IMMEDIATE")
             self._in_tx = True
 
-    def commit(self) -> None:
+    def commit(self) -> dict[str, int]:
+        """Commit; returns how many fact values changed per kind in the committed transaction."""
+        changed = dict(self._changed)
         if self._in_tx:
             self.conn.execute("COMMIT")
             self._in_tx = False
+        self._changed.clear()
+        return changed
 
     def rollback(self) -> None:
+        self._changed.clear()
         if self._in_tx:
             self._in_tx = False
             if self.conn.in_transaction:  # SQLite may have ended it already (a failed COMMIT)
@@ -170,6 +177,7 @@ class Outbox:
                 deliveries.append((sink, k.kind, k.sku, k.scope, version))
         self._version = version
         if fact_rows:
+            self._changed.update(r[0] for r in fact_rows)
             cur.executemany(
                 "INSERT INTO facts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(kind, sku, scope) DO UPDATE SET "
                 "value=excluded.value, version=excluded.version, position=excluded.position, "

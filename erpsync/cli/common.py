@@ -24,29 +24,6 @@ class Fail(click.ClickException):
         click.echo(f"error: {redact(self.format_message())}", err=True)
 
 
-def register_secrets(node: Any) -> None:
-    """Every SecretStr in the config (and a DSN's password on its own) becomes redactable in any output."""
-    from pydantic import BaseModel, SecretStr
-
-    from erpsync.logs import register_secret
-
-    if isinstance(node, SecretStr):
-        value = node.get_secret_value()
-        register_secret(value)
-        from cdc.sources.postgres.admin import pg_dsn_part
-
-        register_secret(pg_dsn_part(value, "password"))
-    elif isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            register_secrets(getattr(node, name, None))
-    elif isinstance(node, list | tuple):
-        for v in node:
-            register_secrets(v)
-    elif isinstance(node, dict):
-        for v in node.values():
-            register_secrets(v)
-
-
 def load(config: str) -> Config:
     from erpsync.config import ConfigError, load_config
 
@@ -54,8 +31,7 @@ def load(config: str) -> Config:
         cfg = load_config(config)
     except ConfigError as e:
         raise Fail(str(e), 2) from None
-    register_secrets(cfg)
-    return cfg
+    return cfg  # its secrets are registered for redaction by load_config
 
 
 def emit_json(obj: Any) -> None:

@@ -25,6 +25,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from cdc.facts import Fact, FactKey
 from cdc.natsio import connect
 from erpsync import metrics
+from erpsync.config import Config, NatsBusConfig
 from erpsync.delivery.embedded import DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX
 from erpsync.delivery.nats_bus import decode_fact, ensure_streams, subject
 from erpsync.delivery.policy import Action, judge
@@ -40,16 +41,16 @@ def kv_key(key: FactKey) -> str:
 
 
 class Worker:
-    def __init__(self, cfg: Any, sink_name: str, partitions: list[int], *, name: str = "worker",
+    def __init__(self, cfg: Config, sink_name: str, partitions: list[int], *, name: str = "worker",
                  sink: Sink | None = None, batch: int = 500, ack_wait: float = 60.0,
                  concurrency: int = 1) -> None:
-        if cfg.bus.kind != "nats":
+        if not isinstance(cfg.bus, NatsBusConfig):
             raise ValueError("erpsync worker needs `bus: {kind: nats, ...}` in the config")
         self.cfg = cfg
         self.bus = cfg.bus
         self.sink_cfg = cfg.sink(sink_name)
         if sink is None:
-            from erpsync.pipeline import make_sink
+            from sinks.registry import make_sink
 
             sink = make_sink(self.sink_cfg)
         self.sink = sink

@@ -466,7 +466,8 @@ class PostgresPlugin:
         return f"postgres:{src.slot}"
 
     def secrets(self, src: PostgresSourceConfig) -> list[str]:
-        return [src.dsn.get_secret_value()]
+        dsn = src.dsn.get_secret_value()
+        return [dsn, pg_dsn_part(dsn, "password") or ""]  # the password alone, as a driver may echo it
 
     def make_source(self, src: PostgresSourceConfig, tables: list[str]) -> Source:
         from cdc.sources.postgres.replication import PostgresSource
