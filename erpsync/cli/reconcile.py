@@ -11,10 +11,13 @@ from typing import Any
 
 import click
 
+from erpsync.config import Config
+from reconciler.run import ReconcileResult
+
 log = logging.getLogger("erpsync.reconcile")
 
 
-def _echo_result(result: Any, as_json: bool) -> None:
+def _echo_result(result: ReconcileResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run_id": result.run_id, "exit_code": result.exit_code,
                                "drift_total": result.drift_total, "html": str(result.html_path),
@@ -28,12 +31,25 @@ def _echo_result(result: Any, as_json: bool) -> None:
                + ("\ne-mailed" if result.emailed else ""))
 
 
-def scheduled_job(cfg: Any, **kw: Any) -> Callable[[], object]:
+def publish_drift(result: ReconcileResult) -> None:
+    """erpsync_drift_items{sink,kind} from a run's summaries (the reconciler itself keeps no metrics)."""
+    from erpsync import metrics
+    from reconciler.diff import DRIFT_KINDS
+
+    for s in result.summaries:
+        if s.get("error"):
+            continue
+        for kind in DRIFT_KINDS:
+            metrics.drift_items.labels(s["sink"], kind).set(int(s.get(kind) or 0))
+
+
+def scheduled_job(cfg: Config, **kw: Any) -> Callable[[], object]:
     """A reconcile for the scheduler thread of ``erpsync run`` (errors are logged by the scheduler)."""
     from reconciler.run import reconcile as run_reconcile
 
     def job() -> object:
         result = run_reconcile(cfg, progress=False, **kw)
+        publish_drift(result)
         log.info("scheduled reconcile #%s: %s drift, report %s", result.run_id, result.drift_total,
                  result.html_path)
         return result
@@ -74,6 +90,7 @@ def reconcile(ctx: click.Context, config: str, sinks: tuple[str, ...], heal: boo
     def once() -> int:
         result = run_reconcile(cfg, sinks=list(sinks) or None, heal_drift=heal, force=force,
                                progress=None, send_email=not no_email)
+        publish_drift(result)
         _echo_result(result, as_json)
         for err in result.errors:
             click.echo(f"error: {err}", err=True)
