@@ -40,7 +40,7 @@ class SourceInfo:
     db: str
     schema: str
     table: str
-    position: str = ""  # commit position of the transaction (opaque; see Position)
+    position: str = ""  # commit position of the transaction (a string to all but its source)
     txid: int | str | None = None
     ts_ms: int = 0  # ERP commit time, ms since epoch
 
@@ -85,10 +85,6 @@ class Chunk:
     changes: list[RowChange] = field(default_factory=list)
     commit: Commit | None = None
     snapshot: bool = False  # rows of the initial snapshot (op "r")
-
-
-class Position(Protocol):
-    """Positions are strings to everything but their source; each source knows how to order its own."""
 
 
 class Source(Protocol):

@@ -36,10 +36,10 @@ def sink_problem(s: dict[str, Any], now: float, down_seconds: float,
 
 def gather(cfg: Config, *, erp: bool = True) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data (the --json output)."""
-    from erpsync.pipeline import source_id
+    from cdc.sources.registry import plugin_for
 
     now = time.time()
-    sid = source_id(cfg)
+    sid = plugin_for(cfg.source.kind).source_id(cfg.source)
     sink_names = [s.name for s in cfg.sinks]
     path = cfg.outbox_path()
     report: dict[str, Any] = {"time": now, "source": {"kind": cfg.source.kind, "id": sid},

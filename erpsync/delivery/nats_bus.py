@@ -25,6 +25,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from cdc.facts import Fact
 from cdc.natsio import LoopThread, connect
 from erpsync import metrics
+from erpsync.config import NatsBusConfig
 
 log = logging.getLogger("erpsync.bus")
 T = TypeVar("T")
@@ -68,7 +69,7 @@ def parse_partitions(spec: str, total: int) -> list[int]:
     return sorted(out)
 
 
-async def ensure_streams(js: Any, cfg: Any) -> None:
+async def ensure_streams(js: Any, cfg: NatsBusConfig) -> None:
     """The facts stream (work queue: a message is gone once a worker acked it) and the dead-letter one."""
     want = [
         StreamConfig(name=cfg.stream, subjects=[f"{SUBJECT_PREFIX}.>"], retention=RetentionPolicy.WORK_QUEUE,
@@ -87,7 +88,7 @@ async def ensure_streams(js: Any, cfg: Any) -> None:
 class NatsPublisher:
     """The reader's side of the bus. ``publish(facts)`` returns once JetStream stored every one."""
 
-    def __init__(self, cfg: Any, sink_kinds: dict[str, list[str]]) -> None:
+    def __init__(self, cfg: NatsBusConfig, sink_kinds: dict[str, list[str]]) -> None:
         self.cfg = cfg
         self.sink_kinds = sink_kinds
         self.published = 0
