@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cdc.changes import Chunk, SourceError
+from cdc.changes import Chunk, SourceMisconfigured
 from cdc.sources.config import MySQLSourceConfig
 from cdc.sources.mysql.position import BinlogPosition
 from cdc.sources.mysql.replication import MAX_CHUNK, MySQLSource
@@ -301,7 +301,7 @@ def test_compare_positions(mariadb_server, mariadb_db):
     assert src.compare("binlog.000002:4", "binlog.000010:4") == -1
     assert src.compare("binlog.000003:900;gtid=0-1-5", "binlog.000003:900") == 0
     assert src.compare("binlog.000003:901", "binlog.000003:900;gtid=0-1-5") == 1
-    with pytest.raises(SourceError, match="not a MySQL binlog position"):
+    with pytest.raises(SourceMisconfigured, match="not a MySQL binlog position"):
         src.compare("0/16B3748", "binlog.000001:4")
 
 
@@ -318,7 +318,7 @@ def test_misconfigured_server_is_refused(kw, needle):
         sql(bad, "CREATE DATABASE erp")
         src = MySQLSource(MySQLSourceConfig(port=bad.port, user="root", database="erp"), ["t"])
         try:
-            with pytest.raises(SourceError, match=needle.replace("(", r"\(")) as e:
+            with pytest.raises(SourceMisconfigured, match=needle.replace("(", r"\(")) as e:
                 src.prepare()
             assert "my.cnf" in str(e.value)
         finally:
@@ -331,20 +331,20 @@ def test_missing_grants_are_named(mariadb_server, mariadb_db, source_factory):
         "CREATE USER IF NOT EXISTS 'noselect'@'%' IDENTIFIED BY 's3cret-pw'",
         "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'noselect'@'%'")
     src = source_factory(cfg(mariadb_server, mariadb_db, user="nogrants", password="s3cret-pw"), ["t"])
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(SourceMisconfigured) as e:
         src.prepare()
     msg = str(e.value)
     assert "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'nogrants'@'%'" in msg
     assert "REPLICATION CLIENT and REPLICATION SLAVE" in msg and "s3cret-pw" not in msg
     src = source_factory(cfg(mariadb_server, mariadb_db, user="noselect", password="s3cret-pw"), ["t"])
-    with pytest.raises(SourceError, match=rf"GRANT SELECT ON `{mariadb_db}`\.\* TO 'noselect'@'%'"):
+    with pytest.raises(SourceMisconfigured, match=rf"GRANT SELECT ON `{mariadb_db}`\.\* TO 'noselect'@'%'"):
         src.prepare()
     src = source_factory(cfg(mariadb_server, mariadb_db, password="wrong-pw"), ["t"])
-    with pytest.raises(SourceError, match="refused the login") as e:
+    with pytest.raises(SourceMisconfigured, match="refused the login") as e:
         src.prepare()
     assert "wrong-pw" not in str(e.value)
     src = source_factory(cfg(mariadb_server, mariadb_db), ["missing_table"])
-    with pytest.raises(SourceError, match=f"table {mariadb_db}.missing_table does not exist"):
+    with pytest.raises(SourceMisconfigured, match=f"table {mariadb_db}.missing_table does not exist"):
         src.prepare()
 
 
@@ -363,9 +363,9 @@ def test_purged_resume_position_says_resnapshot(mariadb_server, mariadb_db, sour
         time.sleep(0.2)
     for use_gtid, position in ((True, stored), (False, stored.split(";")[0])):
         s = source_factory(cfg(mariadb_server, mariadb_db, use_gtid=use_gtid), ["t"])
-        with pytest.raises(SourceError, match=r"purged.*erpsync snapshot --reset"):
+        with pytest.raises(SourceMisconfigured, match=r"purged.*erpsync snapshot --reset"):
             s.needs_snapshot(position)
-        with pytest.raises(SourceError, match=r"purged.*erpsync snapshot --reset"):
+        with pytest.raises(SourceMisconfigured, match=r"purged.*erpsync snapshot --reset"):
             next(s.stream(position))
 
 
@@ -376,10 +376,10 @@ def test_server_id_clash(mariadb_server, mariadb_db, source_factory):
     it = first.stream(master_pos(mariadb_server))
     next(it)
     second = source_factory(cfg(mariadb_server, mariadb_db, server_id=5151), ["t"])
-    with pytest.raises(SourceError, match=r"server_id 5151.*unique"):
+    with pytest.raises(SourceMisconfigured, match=r"server_id 5151.*unique"):
         second.prepare()
     own = source_factory(cfg(mariadb_server, mariadb_db, server_id=1), ["t"])
-    with pytest.raises(SourceError, match="server's own server_id"):
+    with pytest.raises(SourceMisconfigured, match="server's own server_id"):
         own.prepare()
 
 
