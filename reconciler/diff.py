@@ -74,6 +74,28 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
     e_where, s_where = " AND ".join(where), where[0]
     e = f"(SELECT * FROM erp_facts WHERE {e_where})"  # inlined, not CTEs: a CTE used twice is copied
     s = f"(SELECT * FROM shop_facts WHERE {s_where})"
+    con.execute(_differing_keys_sql(e, s, kinds))
+    res = SinkDiff(sink)
+    res.erp_keys = con.execute(f"SELECT count(*) FROM erp_facts WHERE {e_where}").fetchone()[0]  # type: ignore[index]
+    res.shop_keys = con.execute(f"SELECT count(*) FROM shop_facts WHERE {s_where}").fetchone()[0]  # type: ignore[index]
+    res.in_flight = con.execute("SELECT count(*) FROM d SEMI JOIN in_flight f ON f.kind = d.fact_kind "
+                                "AND f.sku = d.sku AND f.scope = d.scope").fetchone()[0]  # type: ignore[index]
+    con.execute("""
+        INSERT INTO drift
+        SELECT $sink, drift, fact_kind, sku, scope, erp_value, shop_value, erp_currency, shop_currency,
+               severity, note
+        FROM d ANTI JOIN in_flight f ON f.kind = d.fact_kind AND f.sku = d.sku AND f.scope = d.scope""",
+                {"sink": sink})
+    res.counts = dict.fromkeys(DRIFT_KINDS, 0)
+    for kind, n in con.execute("SELECT drift, count(*) FROM drift WHERE sink = $sink GROUP BY drift",
+                               {"sink": sink}).fetchall():
+        res.counts[kind] = n
+    return res
+
+
+def _differing_keys_sql(e: str, s: str, kinds: list[str]) -> str:
+    """DuckDB: table ``d`` of the keys where ``e`` (ERP facts) and ``s`` (shop facts) differ, labelled
+    with their drift kind, severity and a note for the report."""
     # one join per fact kind, on (sku, scope): a third key to hash costs a third more
     joins = " UNION ALL ".join(f"""
             SELECT {_lit(kind)} AS fact_kind, coalesce(e.sku, s.sku) AS sku,
@@ -86,7 +108,7 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
             WHERE e.sku IS NULL OR s.sku IS NULL OR e.value IS DISTINCT FROM s.value
                OR (e.currency IS NOT NULL AND s.currency IS NOT NULL AND e.currency <> s.currency)"""
                            for kind in kinds)
-    con.execute(f"""
+    return f"""
         CREATE OR REPLACE TEMP TABLE d AS
         WITH jr AS MATERIALIZED (  -- the few differing keys, used twice below
             {joins}
@@ -138,23 +160,7 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
                     WHEN shop_min IS DISTINCT FROM shop_value THEN 'listed more than once in the shop'
                     WHEN drift = 'price_mismatch' AND erp_value = shop_value THEN 'currency differs'
                     END AS note
-        FROM c WHERE drift IS NOT NULL""")
-    res = SinkDiff(sink)
-    res.erp_keys = con.execute(f"SELECT count(*) FROM erp_facts WHERE {e_where}").fetchone()[0]  # type: ignore[index]
-    res.shop_keys = con.execute(f"SELECT count(*) FROM shop_facts WHERE {s_where}").fetchone()[0]  # type: ignore[index]
-    res.in_flight = con.execute("SELECT count(*) FROM d SEMI JOIN in_flight f ON f.kind = d.fact_kind "
-                                "AND f.sku = d.sku AND f.scope = d.scope").fetchone()[0]  # type: ignore[index]
-    con.execute("""
-        INSERT INTO drift
-        SELECT $sink, drift, fact_kind, sku, scope, erp_value, shop_value, erp_currency, shop_currency,
-               severity, note
-        FROM d ANTI JOIN in_flight f ON f.kind = d.fact_kind AND f.sku = d.sku AND f.scope = d.scope""",
-                {"sink": sink})
-    res.counts = dict.fromkeys(DRIFT_KINDS, 0)
-    for kind, n in con.execute("SELECT drift, count(*) FROM drift WHERE sink = $sink GROUP BY drift",
-                               {"sink": sink}).fetchall():
-        res.counts[kind] = n
-    return res
+        FROM c WHERE drift IS NOT NULL"""
 
 
 def _lit(s: str) -> str:

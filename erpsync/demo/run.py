@@ -107,6 +107,52 @@ def _transaction(cur: Any, rng: random.Random, skus: int) -> None:
     cur.execute("COMMIT")
 
 
+def _burst(cur: Any, rng: random.Random, skus: int, transactions: int, rate: int, pipeline: Pipeline,
+           emu: WebhookEmulator, tty: bool) -> None:
+    """The ERP workload at ``rate`` transactions a second, with a progress line on a terminal."""
+    received0 = emu.received
+    t0 = time.monotonic()
+    for n in range(transactions):
+        if (delay := t0 + n / rate - time.monotonic()) > 0:
+            time.sleep(delay)
+        _transaction(cur, rng, skus)
+        if tty and n % 50 == 0:
+            lag = pipeline.source.lag() if n % 500 == 0 else None
+            p50 = _pct(list(emu.latencies[-500:]), 50) * 1000
+            lag_txt = f"  slot lag {lag['bytes'] / 1024:6.1f} KiB" if lag else ""
+            sys.stdout.write(f"\r    committed {n + 1:>6}  shop updates {emu.received - received0:>6}"
+                             f"  latency p50 {p50:6.1f} ms{lag_txt}  ")
+            sys.stdout.flush()
+    if tty:
+        sys.stdout.write("\n")
+
+
+def _summary(want: View, emu: WebhookEmulator, transactions: int, burst: float, tail: float, received0: int,
+             converged: bool) -> int:
+    """Print what the burst did; 0 when the shop equals the ERP."""
+    out = click.echo
+    lat = list(emu.latencies)
+    wrong = differences(want, shop_view(emu))
+    stock, _prices = shop_view(emu)
+    out("")
+    out(click.style("summary", bold=True))
+    out(f"  ERP transactions       {transactions} in {burst:.1f}s ({transactions / burst:.0f}/s)")
+    out(f"  shop updates received  {emu.received - received0} (newest value per SKU and location / list)")
+    out(f"  end-to-end latency     p50 {_pct(lat, 50) * 1000:.1f} ms   "
+        f"p99 {_pct(lat, 99) * 1000:.1f} ms   max {max(lat, default=0) * 1000:.1f} ms"
+        "   (ERP commit → shop received)")
+    out(f"  caught up              {tail:.2f}s after the last ERP commit")
+    out(f"  out-of-order writes    {len(emu.regressions)}")
+    for k in sorted(want[0])[:3]:
+        out(f"    {k[0]} @ {k[1]:<7} ERP says {want[0][k]:>4}   shop shows {stock.get(k)}")
+    if converged and wrong == 0 and not emu.regressions:
+        msg = f"  OK: the shop equals the ERP ({len(want[0])} stock values, {len(want[1])} prices)"
+        out(click.style(msg, fg="green"))
+        return 0
+    out(click.style(f"  MISMATCH: {wrong} values differ", fg="red"))
+    return 1
+
+
 def run_demo(transactions: int = 2000, rate: int = 500, skus: int = 200) -> int:
     out = click.echo
     tty = sys.stdout.isatty()
@@ -153,44 +199,13 @@ def run_demo(transactions: int = 2000, rate: int = 500, skus: int = 200) -> int:
         received0 = emu.received
         out(f"  burst: {transactions} ERP transactions (sales, receipts, reservations, transfers, prices)…")
         t2 = time.monotonic()
-        for n in range(transactions):
-            if (delay := t2 + n / rate - time.monotonic()) > 0:
-                time.sleep(delay)
-            _transaction(cur, rng, skus)
-            if tty and n % 50 == 0:
-                lag = pipeline.source.lag() if n % 500 == 0 else None
-                p50 = _pct(list(emu.latencies[-500:]), 50) * 1000
-                lag_txt = f"  slot lag {lag['bytes'] / 1024:6.1f} KiB" if lag else ""
-                sys.stdout.write(f"\r    committed {n + 1:>6}  shop updates {emu.received - received0:>6}"
-                                 f"  latency p50 {p50:6.1f} ms{lag_txt}  ")
-                sys.stdout.flush()
-        if tty:
-            sys.stdout.write("\n")
+        _burst(cur, rng, skus, transactions, rate, pipeline, emu, tty)
         burst = time.monotonic() - t2
         want = expected(conn, cfg)
         t3 = time.monotonic()
         converged = wait_for(lambda: differences(want, shop_view(emu)) == 0, timeout=60)
         tail = time.monotonic() - t3
-        lat = list(emu.latencies)
-        wrong = differences(want, shop_view(emu))
-        stock, _prices = shop_view(emu)
-        out("")
-        out(click.style("summary", bold=True))
-        out(f"  ERP transactions       {transactions} in {burst:.1f}s ({transactions / burst:.0f}/s)")
-        out(f"  shop updates received  {emu.received - received0} (newest value per SKU and location / list)")
-        out(f"  end-to-end latency     p50 {_pct(lat, 50) * 1000:.1f} ms   "
-            f"p99 {_pct(lat, 99) * 1000:.1f} ms   max {max(lat, default=0) * 1000:.1f} ms"
-            "   (ERP commit → shop received)")
-        out(f"  caught up              {tail:.2f}s after the last ERP commit")
-        out(f"  out-of-order writes    {len(emu.regressions)}")
-        for k in sorted(want[0])[:3]:
-            out(f"    {k[0]} @ {k[1]:<7} ERP says {want[0][k]:>4}   shop shows {stock.get(k)}")
-        if converged and wrong == 0 and not emu.regressions:
-            msg = f"  OK: the shop equals the ERP ({len(want[0])} stock values, {len(want[1])} prices)"
-            out(click.style(msg, fg="green"))
-            return 0
-        out(click.style(f"  MISMATCH: {wrong} values differ", fg="red"))
-        return 1
+        return _summary(want, emu, transactions, burst, tail, received0, converged)
     finally:
         stop.set()
         if worker is not None:

@@ -391,23 +391,10 @@ class PostgresSource:
         start = lsn_to_int(from_position)
         if not self.db:
             self.db = self._q("SELECT current_database()")[0][0]
-        repl = self._open_repl()
-        cur = repl.cursor()
-        pub = self.config.publication.replace('"', '""')
-        try:
-            cur.start_replication(
-                slot_name=self.config.slot, decode=False, start_lsn=start,
-                status_interval=max(1.0, self.config.status_interval_seconds),
-                options={"proto_version": str(self.config.proto_version),
-                         "publication_names": f'"{pub}"', "messages": "true"})
-        except psycopg2.Error as e:
-            self._close_repl()
-            reason = (e.pgerror or str(e)).strip()
-            if "is active for PID" in reason:  # our previous, killed process's walsender is still exiting
-                raise ReplicationConnectionLost(f"slot {self.config.slot!r} still busy: {reason}") from None
-            raise _driver_error(e)(f"could not start replication from slot {self.config.slot!r} at "
-                                   f"{from_position}: {reason}") from None
+        repl, cur = self._start_replication(start, from_position)
         self._cur = cur
+        # The per-message loop below stays in one frame on purpose: it is the hot path, and its state lives
+        # in locals (not attributes or a helper's frame) for speed.
         dec = PgOutputDecoder(db=self.db, type_resolver=self._base_type, key_resolver=self._full_key)
         decode_row, decode = dec.decode_row, dec.decode
         read = cur.read_message
@@ -481,6 +468,26 @@ class PostgresSource:
             raise ReplicationConnectionLost(
                 f"replication connection to {self._where()} lost: {str(e).strip() or type(e).__name__}; "
                 "unconfirmed changes will be re-read after restart") from e
+
+    def _start_replication(self, start: int, from_position: str) -> tuple[Any, Any]:
+        """The replication connection and its cursor, streaming pgoutput from ``start``."""
+        repl = self._open_repl()
+        cur = repl.cursor()
+        pub = self.config.publication.replace('"', '""')
+        try:
+            cur.start_replication(
+                slot_name=self.config.slot, decode=False, start_lsn=start,
+                status_interval=max(1.0, self.config.status_interval_seconds),
+                options={"proto_version": str(self.config.proto_version),
+                         "publication_names": f'"{pub}"', "messages": "true"})
+        except psycopg2.Error as e:
+            self._close_repl()
+            reason = (e.pgerror or str(e)).strip()
+            if "is active for PID" in reason:  # our previous, killed process's walsender is still exiting
+                raise ReplicationConnectionLost(f"slot {self.config.slot!r} still busy: {reason}") from None
+            raise _driver_error(e)(f"could not start replication from slot {self.config.slot!r} at "
+                                   f"{from_position}: {reason}") from None
+        return repl, cur
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
