@@ -165,6 +165,8 @@ def test_binlog_stream_errors_by_type(sources, exc, kind, needle):
     (OSError(113, "No route to host"), SourceUnavailable),
     (pymysql.err.OperationalError(1142, "SELECT command denied to user 'x'@'%' for table 't'"),
      SourceMisconfigured),
+    (pymysql.err.OperationalError(1130, "Host '10.0.0.5' is not allowed to connect to this MariaDB server"),
+     SourceMisconfigured),
 ])
 def test_raw_connection_errors_are_classified(exc, kind):
     err = classify(MySQLSourceConfig(database="erp"), exc)

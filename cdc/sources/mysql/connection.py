@@ -22,7 +22,8 @@ from cdc.sources.mysql.position import BinlogPosition
 IDLE_SECONDS = 0.25  # server heartbeat period: an empty chunk at least this often while idle
 ER_MASTER_FATAL_READING_BINLOG = 1236
 # the server refused the login (1045 wrong password, 1698 no password / unix_socket user)
-LOGIN_REFUSED = frozenset({1045, 1698})
+# 1130: no account may connect from this host — a GRANT for the host is needed, time does not fix it
+LOGIN_REFUSED = frozenset({1045, 1698, 1130})
 # a missing grant: database, table, column, "you need (at least one of) the X privilege(s)"
 ACCESS_DENIED = LOGIN_REFUSED | {1044, 1142, 1143, 1227}
 # the connection died: lost during a query, gone away, killed, server shutting down
