@@ -617,38 +617,7 @@ class ShopifyEmulator(Emulator):
                 typeName=parent,
                 fieldName=sel.name,
             )
-        for arg, val in sel.args.items():
-            if arg not in f.args:
-                raise GraphQLError(
-                    f"Field '{sel.name}' doesn't accept argument '{arg}'",
-                    "argumentNotAccepted",
-                    name=sel.name,
-                    typeName="Field",
-                    argumentName=arg,
-                )
-            if isinstance(val, Var):
-                if val.name not in op.var_types:
-                    raise GraphQLError(
-                        f"Variable ${val.name} is used by anonymous {op.kind} but not declared",
-                        "variableNotDefined",
-                        variableName=val.name,
-                    )
-                declared, want = op.var_types[val.name], f.args[arg]
-                if declared.rstrip("!") != want.rstrip("!") or (
-                    want.endswith("!") and not declared.endswith("!")
-                ):
-                    raise GraphQLError(
-                        f"Type mismatch on variable ${val.name} and argument {arg} ({declared} / {want})",
-                        "variableMismatch",
-                    )
-            else:
-                probs = coerce(_resolve_args({arg: val}, variables)[arg], f.args[arg], inputs, "")
-                if probs:
-                    raise GraphQLError(
-                        f"Argument '{arg}' on Field '{sel.name}' has an invalid value "
-                        f"({json.dumps(val, default=str)}). Expected type '{f.args[arg]}'.",
-                        "argumentLiteralsIncompatible",
-                    )
+        self._check_args(sel, f, op, variables, inputs)
         missing = [a for a, t in f.args.items() if t.endswith("!") and a not in sel.args]
         if missing:
             raise GraphQLError(
@@ -694,6 +663,43 @@ class ShopifyEmulator(Emulator):
             node_cost = max((self._node_cost(c, f.type, variables) for c in sel.children), default=0)
             return 2 + (first or 0) * node_cost
         return 1 + inner
+
+    def _check_args(self, sel: Sel, f: F, op: Operation, variables: dict[str, Any],
+                    inputs: dict[str, dict[str, str]]) -> None:
+        """Each argument of a selection: accepted by the field, its variable declared with the type the
+        argument takes, its literal coercible — with Shopify's error codes for each."""
+        for arg, val in sel.args.items():
+            if arg not in f.args:
+                raise GraphQLError(
+                    f"Field '{sel.name}' doesn't accept argument '{arg}'",
+                    "argumentNotAccepted",
+                    name=sel.name,
+                    typeName="Field",
+                    argumentName=arg,
+                )
+            if isinstance(val, Var):
+                if val.name not in op.var_types:
+                    raise GraphQLError(
+                        f"Variable ${val.name} is used by anonymous {op.kind} but not declared",
+                        "variableNotDefined",
+                        variableName=val.name,
+                    )
+                declared, want = op.var_types[val.name], f.args[arg]
+                if declared.rstrip("!") != want.rstrip("!") or (
+                    want.endswith("!") and not declared.endswith("!")
+                ):
+                    raise GraphQLError(
+                        f"Type mismatch on variable ${val.name} and argument {arg} ({declared} / {want})",
+                        "variableMismatch",
+                    )
+            else:
+                probs = coerce(_resolve_args({arg: val}, variables)[arg], f.args[arg], inputs, "")
+                if probs:
+                    raise GraphQLError(
+                        f"Argument '{arg}' on Field '{sel.name}' has an invalid value "
+                        f"({json.dumps(val, default=str)}). Expected type '{f.args[arg]}'.",
+                        "argumentLiteralsIncompatible",
+                    )
 
     def _node_cost(self, sel: Sel, conn_type: str, variables: dict[str, Any]) -> int:
         if sel.name == "pageInfo" or not sel.children:
@@ -786,84 +792,15 @@ class ShopifyEmulator(Emulator):
     def _set_quantities(self, inp: dict[str, Any], version: str) -> dict[str, Any]:
         errors: list[dict[str, Any]] = []
         if inp["name"] not in ("available", "on_hand"):
-            errors.append(
-                {
-                    "code": "INVALID_NAME",
-                    "field": ["input", "name"],
-                    "message": "The quantity name must be either 'available' or 'on_hand'.",
-                }
-            )
+            errors.append(_user_error("INVALID_NAME", ["input", "name"],
+                                      "The quantity name must be either 'available' or 'on_hand'."))
         rows = []
         for i, q in enumerate(inp["quantities"]):
             item, loc = gid_num(q["inventoryItemId"], "InventoryItem"), gid_num(q["locationId"], "Location")
-            path = ["input", "quantities", str(i)]
-            if item not in self.item_to_variant:
-                errors.append(
-                    {
-                        "code": "INVALID_INVENTORY_ITEM",
-                        "field": [*path, "inventoryItemId"],
-                        "message": "The specified inventory item could not be found.",
-                    }
-                )
+            error = self._quantity_error(inp, q, ["input", "quantities", str(i)], item, loc, version)
+            if error is not None:
+                errors.append(error)
                 continue
-            if loc not in self.locations:
-                errors.append(
-                    {
-                        "code": "INVALID_LOCATION",
-                        "field": [*path, "locationId"],
-                        "message": "The specified location could not be found.",
-                    }
-                )
-                continue
-            if q["quantity"] < -1_000_000_000 or q["quantity"] > 1_000_000_000:
-                errors.append(
-                    {
-                        "code": "INVALID_QUANTITY_TOO_HIGH",
-                        "field": [*path, "quantity"],
-                        "message": "The quantity can't be higher than 1,000,000,000.",
-                    }
-                )
-                continue
-            current = self.levels[(item, loc)][inp["name"]]
-            if version < "2026-01":
-                if "compareQuantity" not in q and not inp.get("ignoreCompareQuantity"):
-                    errors.append(
-                        {
-                            "code": "COMPARE_QUANTITY_REQUIRED",
-                            "field": [*path, "compareQuantity"],
-                            "message": "The compareQuantity argument must be given to each quantity or "
-                            "ignored using ignoreCompareQuantity.",
-                        }
-                    )
-                    continue
-                if not inp.get("ignoreCompareQuantity") and q.get("compareQuantity") != current:
-                    errors.append(
-                        {
-                            "code": "COMPARE_QUANTITY_STALE",
-                            "field": [*path, "compareQuantity"],
-                            "message": "The compareQuantity value does not match the current quantity.",
-                        }
-                    )
-                    continue
-            else:
-                if version >= "2026-04" and "changeFromQuantity" not in q:
-                    errors.append(
-                        {
-                            "code": "CHANGE_FROM_QUANTITY_REQUIRED",
-                            "field": [*path, "changeFromQuantity"],
-                            "message": "changeFromQuantity is required.",
-                        }
-                    )
-                    continue
-                if q.get("changeFromQuantity") is not None and q["changeFromQuantity"] != current:
-                    errors.append(
-                        {
-                            "code": "CHANGE_FROM_QUANTITY_STALE",
-                            "field": [*path, "changeFromQuantity"],
-                            "message": "The changeFromQuantity value does not match the current quantity.",
-                        }
-                    )
-                    continue
             rows.append((item, loc, q["quantity"]))
         if errors:  # all or nothing, as Shopify applies the adjustment group atomically
             return {"inventoryAdjustmentGroup": None, "userErrors": errors}
@@ -884,6 +821,36 @@ class ShopifyEmulator(Emulator):
             },
             "userErrors": [],
         }
+
+    def _quantity_error(self, inp: dict[str, Any], q: dict[str, Any], path: list[str], item: Any, loc: Any,
+                        version: str) -> dict[str, Any] | None:
+        """The userError one quantity of inventorySetQuantities earns, or None when it may be set."""
+        if item not in self.item_to_variant:
+            return _user_error("INVALID_INVENTORY_ITEM", [*path, "inventoryItemId"],
+                               "The specified inventory item could not be found.")
+        if loc not in self.locations:
+            return _user_error("INVALID_LOCATION", [*path, "locationId"],
+                               "The specified location could not be found.")
+        if q["quantity"] < -1_000_000_000 or q["quantity"] > 1_000_000_000:
+            return _user_error("INVALID_QUANTITY_TOO_HIGH", [*path, "quantity"],
+                               "The quantity can't be higher than 1,000,000,000.")
+        current = self.levels[(item, loc)][inp["name"]]
+        if version < "2026-01":
+            if "compareQuantity" not in q and not inp.get("ignoreCompareQuantity"):
+                return _user_error("COMPARE_QUANTITY_REQUIRED", [*path, "compareQuantity"],
+                                   "The compareQuantity argument must be given to each quantity or "
+                                   "ignored using ignoreCompareQuantity.")
+            if not inp.get("ignoreCompareQuantity") and q.get("compareQuantity") != current:
+                return _user_error("COMPARE_QUANTITY_STALE", [*path, "compareQuantity"],
+                                   "The compareQuantity value does not match the current quantity.")
+            return None
+        if version >= "2026-04" and "changeFromQuantity" not in q:
+            return _user_error("CHANGE_FROM_QUANTITY_REQUIRED", [*path, "changeFromQuantity"],
+                               "changeFromQuantity is required.")
+        if q.get("changeFromQuantity") is not None and q["changeFromQuantity"] != current:
+            return _user_error("CHANGE_FROM_QUANTITY_STALE", [*path, "changeFromQuantity"],
+                               "The changeFromQuantity value does not match the current quantity.")
+        return None
 
     def _bulk_update(self, args: dict[str, Any]) -> dict[str, Any]:
         pid = gid_num(args["productId"], "Product")
@@ -1125,3 +1092,7 @@ def _money(v: Decimal | None) -> str | None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _user_error(code: str, field: list[str], message: str) -> dict[str, Any]:
+    return {"code": code, "field": field, "message": message}
