@@ -21,7 +21,8 @@ from sinks.config import (
     WooCommerceSinkConfig,
 )
 from sinks.emulators.base import Emulator, Faults
-from sinks.registry import make_emulator, make_sink
+from sinks.registry import make_sink
+from sinks.registry_emulators import make_emulator
 
 LOCATIONS = ["madrid", "milan", "paris"]
 PRICE_FIELDS = {  # two ERP price lists per platform, onto the fields the platform has

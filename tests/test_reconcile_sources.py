@@ -22,7 +22,8 @@ from reconciler.config import ReconcileConfig
 from reconciler.erp_snapshot import snapshot_erp
 from reconciler.run import reconcile
 from sinks.emulators.webhook import WebhookEmulator
-from sinks.registry import make_emulator, make_sink
+from sinks.registry import make_sink
+from sinks.registry_emulators import make_emulator
 from tests.erp import Erp, PostgresErp
 from tests.test_e2e import Running, converge
 from tests.test_reconcile import set_shop_stock

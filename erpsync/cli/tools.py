@@ -37,10 +37,8 @@ def emulate(platform: str, port: int, host: str, skus: int, secret_env: str | No
 
         emu: Any = WebhookEmulator(secret=os.environ.get(secret_env) if secret_env else None)
     else:
-        try:
-            from sinks.registry import make_emulator
-        except ImportError:
-            raise Fail(f"unknown platform {platform!r}", 2) from None
+        from sinks.registry_emulators import make_emulator
+
         try:
             emu = make_emulator(platform, skus=skus)
         except (KeyError, ValueError):
