@@ -1,1 +1,2 @@
-"""Shop sinks: push fact values to shop admin APIs. Sinks import erpsync.facts only, never cdc."""
+"""Shop sinks: push fact values to shop admin APIs. Sinks import cdc.facts, never the sources, the outbox
+or erpsync."""

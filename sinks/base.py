@@ -1,4 +1,13 @@
-"""The one small interface every shop sink implements, and the HTTP plumbing they share."""
+"""The one small interface every shop sink implements, and the plumbing they share.
+
+``Sink.push`` is a template: screen the facts (newest per key, ``check``), look up the shop's ids they
+need (``lookup``/``resolve``), group them into the platform's requests (``groups``) and send each group
+(``write``). A request that fails goes through ``settle``: what only time fixes (``RetryLater``: timeouts,
+429/5xx, a proxy's HTML page) is RETRY with the shop's Retry-After; a refusal (``Permanent``) is PERMANENT,
+after bisecting the request when the refusal names one input value, so only the culprit is dead-lettered.
+``snapshot`` implementations read the shop through ``listing``, the one retry loop for listing pages.
+``ShopSink`` adds the HTTP side of the shop platforms: paced requests and the classification of answers.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +15,19 @@ import random
 import ssl
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from time import monotonic, sleep, time
+from typing import Any, TypeVar
 
 import httpx
 
 from cdc.facts import Fact, FactKey
 from sinks.config import SinkConfigBase
+
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -33,15 +45,65 @@ class PushResult:
     throttled: bool = False
 
 
+Results = dict[FactKey, PushResult]
+
+
 class SinkError(RuntimeError):
     """Configuration or connectivity problem of a sink as a whole."""
 
 
+class RetryLater(Exception):
+    """A transient failure of one request (timeout, 429, 5xx, proxy HTML page, refused credentials)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after, self.throttled = retry_after, throttled
+
+
+class Permanent(Exception):
+    """The shop refused one request: sending it again unchanged gets the same answer.
+
+    ``per_item``: the refusal is about some input value, so splitting a multi-fact request isolates the
+    culprit (False: about the request as a whole, splitting would only repeat it). ``status`` and ``body``:
+    the HTTP status and parsed error body, when the refusal came as an HTTP error."""
+
+    def __init__(self, message: str, *, per_item: bool = True, status: int | None = None,
+                 body: Any = None) -> None:
+        super().__init__(message)
+        self.per_item, self.status, self.body = per_item, status, body
+
+
+def halves(items: list[T]) -> list[list[T]]:
+    """How a refused request is bisected: two halves (an item alone cannot be split)."""
+    if len(items) < 2:
+        return [items]
+    half = len(items) // 2
+    return [items[:half], items[half:]]
+
+
+def singles(items: list[T]) -> list[list[T]]:
+    """Split a refused request into one request per item."""
+    return [[x] for x in items]
+
+
+def failure(key: FactKey, e: RetryLater | Permanent, prefix: str = "") -> PushResult:
+    """A fact's result when the request carrying it failed: RETRY (with the shop's Retry-After and whether
+    it throttled) or PERMANENT."""
+    if isinstance(e, RetryLater):
+        return PushResult(key, Outcome.RETRY, f"{prefix}{e}", e.retry_after, e.throttled)
+    return PushResult(key, Outcome.PERMANENT, f"{prefix}{e}")
+
+
 class Sink(ABC):
     """Push fact values to one shop. ``push`` never raises for per-fact problems: it returns one
-    PushResult per input fact (same order) so one bad SKU never blocks the others."""
+    PushResult per input fact (same order) so one bad SKU never blocks the others.
+
+    A platform implements ``write`` (send one group, record each fact's result) and, as it needs,
+    ``check``, ``known``/``resolve`` (SKU → the shop's ids, cached), ``groups`` and ``snapshot``."""
 
     kind: str = "?"
+    platform: str = "?"  # the name in messages ("Shopify")
+    unknown_sku: str = "not in the shop"  # refusal of a SKU ``resolve`` did not find ("no Shopify variant")
     max_batch: int = 100
 
     def __init__(self, config: SinkConfigBase) -> None:
@@ -50,15 +112,48 @@ class Sink(ABC):
         if config.max_batch:
             self.max_batch = min(self.max_batch, config.max_batch)
 
-    @abstractmethod
-    def push(self, facts: list[Fact]) -> list[PushResult]: ...
+    # the template ---------------------------------------------------------------------------------
+    def push(self, facts: list[Fact]) -> list[PushResult]:
+        """One result per input fact, same order (a key given twice gets one result for both)."""
+        started = monotonic()  # ids cached before this are suspects when the shop says it lacks them
+        results: Results = {}
+        todo = self.screen(facts, results)
+        if todo:
+            try:
+                self.lookup(todo)
+            except (RetryLater, Permanent) as e:
+                self.settle(e, todo, results, prefix="SKU lookup failed: ")
+                todo = []
+        ready = []
+        for f in todo:
+            if self.known(f.sku):
+                ready.append(f)
+            else:
+                results[f.key] = PushResult(
+                    f.key, Outcome.PERMANENT, f"unknown SKU {f.sku!r}: {self.unknown_sku}"
+                )
+        for group, part in self.groups(ready):
+            live = []
+            for f in part:
+                if self.known(f.sku):
+                    live.append(f)
+                else:  # an earlier write of this push found the SKU's cached id stale and forgot it
+                    msg = f"stale id cache for {f.sku!r}: the shop no longer knows it"
+                    results[f.key] = PushResult(f.key, Outcome.RETRY, msg, 0.0)
+            if live:
+                self.write(group, live, results, started)
+        return [results[f.key] for f in facts]
 
-    def snapshot(self) -> Iterator[Fact]:
-        """The shop's current stock and prices as facts (for the reconciler)."""
-        raise NotImplementedError(f"{self.kind} sink cannot list the shop yet")
-
-    def close(self) -> None:
-        return None
+    def screen(self, facts: list[Fact], results: Results) -> list[Fact]:
+        """The facts to send: the newest per key that ``check`` lets through (the others get its result)."""
+        todo = []
+        for f in newest_per_key(facts).values():
+            problem = self.check(f)
+            if problem is not None:
+                results[f.key] = problem
+            else:
+                todo.append(f)
+        return todo
 
     def check(self, f: Fact) -> PushResult | None:
         """What this sink's configuration says about a fact before any request: not synced here (OK, so it
@@ -79,9 +174,154 @@ class Sink(ABC):
             return PushResult(f.key, Outcome.PERMANENT, f"currency {cur} differs from the shop's {shop_cur}")
         return None
 
+    def known(self, sku: str) -> bool:
+        """Whether the sink can address this SKU without a lookup (default: the shop is keyed by SKU)."""
+        return True
+
+    def resolve(self, skus: list[str]) -> None:
+        """Look up and cache the shop's ids of these SKUs (those it has). Raises RetryLater / Permanent."""
+        return None
+
+    def lookup(self, facts: list[Fact]) -> None:
+        """Whatever lookups these facts need before they can be written: by default, resolve the SKUs
+        not ``known`` yet. A failure fails every fact of the push (RETRY or PERMANENT)."""
+        missing = sorted({f.sku for f in facts if not self.known(f.sku)})
+        if missing:
+            self.resolve(missing)
+
+    def groups(self, facts: list[Fact]) -> Iterable[tuple[Any, list[Fact]]]:
+        """The facts (all addressable) split into the platform's requests: (group, facts) pairs handed to
+        ``write`` in turn. Default: one group of all of them."""
+        return [(None, facts)] if facts else []
+
+    @abstractmethod
+    def write(self, group: Any, facts: list[Fact], results: Results, started: float) -> None:
+        """Send one group and record a result for each of its facts (for a failed request: ``settle``).
+        ``started``: when the push began (see ``stale_or_refused``)."""
+
+    # shared handling of failures ---------------------------------------------------------------------
+    def settle(
+        self,
+        e: RetryLater | Permanent,
+        facts: list[Fact],
+        results: Results,
+        *,
+        resend: Callable[[list[Any]], None] | None = None,
+        units: list[Any] | None = None,
+        split: Callable[[list[Any]], list[list[Any]]] = halves,
+        prefix: str = "",
+    ) -> None:
+        """Record the failure of the request that carried ``facts``. A refusal that names an input value
+        (``Permanent.per_item``) is bisected when ``resend`` is given: ``split`` (halves by default) the
+        request's ``units`` (the facts, unless given: SKUs, products...) and ``resend`` each part, so only
+        the culprit ends PERMANENT. Otherwise every fact gets the failure (RETRY with the shop's
+        Retry-After, or PERMANENT)."""
+        if resend is not None and isinstance(e, Permanent) and e.per_item:
+            parts = split(facts if units is None else units)
+            if len(parts) > 1:
+                for part in parts:
+                    resend(part)
+                return
+        for f in facts:
+            results[f.key] = failure(f.key, e, prefix)
+
+    def stale_or_refused(
+        self, f: Fact, cache: dict[str, Any], resolved_at: float, started: float, message: str
+    ) -> PushResult:
+        """The shop says it has no such id: if it came from ``cache`` (resolved before this push), forget
+        it and retry at once (the SKU may have moved to a new product); if we resolved it during this
+        push, the shop really refuses the fact. Read ``resolved_at`` once per request: the SKU's other
+        facts in it are retried too, after the first one forgot the id."""
+        if resolved_at < started:
+            cache.pop(f.sku, None)
+            return PushResult(f.key, Outcome.RETRY, f"stale id cache for {f.sku!r}: {message}", 0.0)
+        return PushResult(f.key, Outcome.PERMANENT, message)
+
+    # snapshot ----------------------------------------------------------------------------------------
+    def snapshot(self) -> Iterator[Fact]:
+        """The shop's current stock and prices as facts (for the reconciler)."""
+        raise NotImplementedError(f"{self.kind} sink cannot list the shop yet")
+
+    def listing(self, call: Callable[[], T], attempts: int = 5) -> T:
+        """One read of a snapshot (a page, a bulk-export poll), tried up to ``attempts`` times while the
+        shop fails transiently, waiting its Retry-After (else 0.5 s × attempt), at most 10 s. A refusal, or
+        still failing at the last attempt, ends the snapshot: SinkError."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return call()
+            except RetryLater as e:
+                if attempt == attempts:
+                    raise SinkError(f"{self.platform} kept failing: {e}") from None
+                sleep(min(e.retry_after or 0.5 * attempt, 10.0))
+            except Permanent as e:
+                raise SinkError(str(e)) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def close(self) -> None:
+        return None
+
     # shared helpers -----------------------------------------------------------------------------
     def all(self, facts: list[Fact], outcome: Outcome, message: str = "", **kw: object) -> list[PushResult]:
         return [PushResult(f.key, outcome, message, **kw) for f in facts]  # type: ignore[arg-type]
+
+
+class ShopSink(Sink):
+    """A shop platform's admin API over one httpx client: paced requests (``max_requests_per_second``),
+    request counters in ``stats``, and one classification of the answers (``call``)."""
+
+    def __init__(
+        self,
+        config: SinkConfigBase,
+        api: str,
+        headers: dict[str, str] | None = None,
+        rate: float | None = None,
+        **client_kw: object,
+    ) -> None:
+        super().__init__(config)
+        self.api = api  # base URL the request paths are appended to
+        self.client = http_client(config, headers, **client_kw)
+        self.pacer = Pacer(rate)
+        self.stats: dict[str, float] = {"calls": 0, "throttled": 0}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def call(self, method: str, path: str = "", **kw: object) -> httpx.Response:
+        """One paced request to ``api + path``. Raises RetryLater for what only time fixes (timeouts,
+        dropped connections, 429/5xx, a proxy's HTML page) and for refused credentials (an operator
+        problem: the facts stay queued rather than dead-lettered), ``refusal(resp)`` for any other 4xx;
+        returns any other answer for the caller to read."""
+        platform = self.platform
+        self.pacer.wait()
+        try:
+            resp = self.client.request(method, self.api + path, **kw)  # type: ignore[arg-type]
+        except httpx.TimeoutException as e:
+            raise RetryLater(f"timeout talking to {platform} ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise RetryLater(f"connection problem talking to {platform} ({type(e).__name__})") from None
+        self.stats["calls"] += 1
+        if resp.status_code == 429:
+            self.stats["throttled"] += 1
+        if is_retryable_status(resp.status_code) or "html" in resp.headers.get("content-type", ""):
+            raise RetryLater(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
+        if resp.status_code in (401, 403):
+            raise RetryLater(f"{platform} refused the credentials ({describe_http_error(resp)})", 60.0)
+        if resp.status_code >= 400:
+            raise self.refusal(resp)
+        return resp
+
+    def refusal(self, resp: httpx.Response) -> Permanent:
+        """The shop's 4xx answer as a refusal, in the platform's words."""
+        return Permanent(describe_http_error(resp), status=resp.status_code)
+
+
+def json_answer(resp: httpx.Response) -> Any:
+    """The answer's JSON body. A success whose body is not JSON tells nothing of what was applied: it is
+    treated as a refusal of the request (bisected, then dead-lettered)."""
+    try:
+        return resp.json()
+    except ValueError as e:
+        raise Permanent(str(e)) from None
 
 
 def http_client(config: SinkConfigBase, headers: dict[str, str] | None = None, **kw: object) -> httpx.Client:
@@ -144,14 +384,6 @@ def describe_http_error(resp: httpx.Response, limit: int = 300) -> str:
     return f"HTTP {resp.status_code}: {text}" if text else f"HTTP {resp.status_code}"
 
 
-class RetryLater(Exception):
-    """A transient failure of one request (timeout, 429, 5xx, proxy HTML page, refused credentials)."""
-
-    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
-        super().__init__(message)
-        self.retry_after, self.throttled = retry_after, throttled
-
-
 class Pacer:
     """Client-side request spacing (``max_requests_per_second``), shared by the sink's threads."""
 
@@ -177,25 +409,3 @@ def newest_per_key(facts: list[Fact]) -> dict[FactKey, Fact]:
         if f.key not in newest or f.version >= newest[f.key].version:
             newest[f.key] = f
     return newest
-
-
-def send(client: httpx.Client, pacer: Pacer, stats: dict[str, int], platform: str, method: str, url: str,
-         **kw: object) -> httpx.Response:
-    """One paced REST request. Raises RetryLater for what only time fixes (timeouts, dropped
-    connections, 429/5xx, a proxy's HTML page) and for refused credentials (an operator problem: the
-    facts stay queued rather than dead-lettered); any other answer is the caller's to read."""
-    pacer.wait()
-    try:
-        resp = client.request(method, url, **kw)  # type: ignore[arg-type]
-    except httpx.TimeoutException as e:
-        raise RetryLater(f"timeout talking to {platform} ({type(e).__name__})") from None
-    except httpx.TransportError as e:
-        raise RetryLater(f"connection problem talking to {platform} ({type(e).__name__})") from None
-    stats["calls"] += 1
-    if resp.status_code == 429:
-        stats["throttled"] += 1
-    if is_retryable_status(resp.status_code) or "html" in resp.headers.get("content-type", ""):
-        raise RetryLater(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
-    if resp.status_code in (401, 403):
-        raise RetryLater(f"{platform} refused the credentials ({describe_http_error(resp)})", 60.0)
-    return resp

@@ -12,35 +12,26 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import httpx
 
-from cdc.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
-    Pacer,
+    Permanent,
     PushResult,
-    Sink,
-    SinkError,
+    Results,
+    RetryLater,
+    ShopSink,
     describe_http_error,
-    http_client,
-    newest_per_key,
-    send,
+    json_answer,
 )
-from sinks.base import RetryLater as _Retry
 from sinks.config import MagentoSinkConfig
 
 log = logging.getLogger(__name__)
-
-
-class _Refused(Exception):
-    def __init__(self, message: str, body: Any) -> None:
-        super().__init__(message)
-        self.body = body
 
 
 def render(err: dict[str, Any]) -> str:
@@ -64,58 +55,52 @@ def _param_values(err: dict[str, Any]) -> set[str]:
     return {str(v) for v in vals}
 
 
-class MagentoSink(Sink):
+class MagentoSink(ShopSink):
     kind = "magento"
+    platform = "Magento"
 
     def __init__(self, config: MagentoSinkConfig) -> None:
         self.max_batch = config.max_list_items
-        super().__init__(config)
+        super().__init__(
+            config,
+            f"{config.url.rstrip('/')}/rest/{config.store_code}/V1",
+            {"Authorization": f"Bearer {config.token.get_secret_value()}"},
+            rate=config.max_requests_per_second,
+        )
         self.cfg = config
-        self.base = f"{config.url.rstrip('/')}/rest/{config.store_code}/V1"
-        self.client = http_client(config, {"Authorization": f"Bearer {config.token.get_secret_value()}"})
-        self.pacer = Pacer(config.max_requests_per_second)
-        self.stats = {"calls": 0, "throttled": 0}
 
-    def close(self) -> None:
-        self.client.close()
+    def refusal(self, resp: httpx.Response) -> Permanent:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        msg = render(body) if isinstance(body, dict) else describe_http_error(resp)
+        return Permanent(f"HTTP {resp.status_code}: {msg}", status=resp.status_code, body=body)
 
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        resp = send(self.client, self.pacer, self.stats, "Magento", method, self.base + path, **kw)
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            msg = render(body) if isinstance(body, dict) else describe_http_error(resp)
-            raise _Refused(f"HTTP {resp.status_code}: {msg}", body)
-        return resp
-
-    # push --------------------------------------------------------------------------------------------
-    def push(self, facts: list[Fact]) -> list[PushResult]:
-        results: dict[FactKey, PushResult] = {}
-        stock, regular, sale = [], [], []
-        for f in newest_per_key(facts).values():
-            problem = self.check(f)
-            if problem:
-                results[f.key] = problem
-            elif f.kind == "stock":
-                stock.append(f)
-            elif self.cfg.price_lists[f.price_list] == "regular":
-                regular.append(f)
+    # push: hooks of Sink.push (Magento is keyed by SKU: nothing to resolve) ---------------------------
+    def groups(self, facts: list[Fact]) -> Iterator[tuple[str, list[Fact]]]:
+        """Stock, then base prices, then special prices, ≤ max_list_items per request."""
+        by_group: dict[str, list[Fact]] = {"stock": [], "regular": [], "sale": []}
+        for f in facts:
+            if f.kind == "stock":
+                by_group["stock"].append(f)
             else:
-                sale.append(f)
+                by_group["regular" if self.cfg.price_lists[f.price_list] == "regular" else "sale"].append(f)
         n = self.cfg.max_list_items
-        for i in range(0, len(stock), n):
-            self._stock(stock[i : i + n], results)
-        for group, special in ((regular, False), (sale, True)):
-            for i in range(0, len(group), n):
-                self._prices(group[i : i + n], special, results)
-        return [results[f.key] for f in facts]
+        for group, part in by_group.items():
+            for i in range(0, len(part), n):
+                yield group, part[i : i + n]
+
+    def write(self, group: str, facts: list[Fact], results: Results, started: float) -> None:
+        if group == "stock":
+            self._stock(facts, results)
+        else:
+            self._prices(facts, group == "sale", results)
 
     def _source(self, f: Fact) -> str:
         return self.cfg.locations.get(f.location, f.location)
 
-    def _stock(self, facts: list[Fact], results: dict[FactKey, PushResult]) -> None:
+    def _stock(self, facts: list[Fact], results: Results) -> None:
         pending = facts
         while pending:
             items = [
@@ -128,27 +113,11 @@ class MagentoSink(Sink):
                 for f in pending
             ]
             try:
-                self._call("POST", "/inventory/source-items", json={"sourceItems": items})
-            except _Retry as e:
-                for f in pending:
-                    results[f.key] = PushResult(f.key, Outcome.RETRY, str(e), e.retry_after, e.throttled)
-                return
-            except _Refused as e:
-                errors = (e.body or {}).get("errors") if isinstance(e.body, dict) else None
-                culprits: dict[int, str] = {}
-                for err in errors or []:
-                    vals = _param_values(err)
-                    for i, f in enumerate(pending):
-                        code_ok = "code" not in (err.get("parameters") or {}) or self._source(f) in vals
-                        if f.sku in vals and code_ok:
-                            culprits[i] = render(err)
-                if not culprits:
-                    if len(pending) == 1:
-                        results[pending[0].key] = PushResult(pending[0].key, Outcome.PERMANENT, str(e))
-                        return
-                    half = len(pending) // 2  # cannot tell which item: bisect to isolate it
-                    self._stock(pending[:half], results)
-                    self._stock(pending[half:], results)
+                self.call("POST", "/inventory/source-items", json={"sourceItems": items})
+            except (RetryLater, Permanent) as e:
+                culprits = self._culprits(e, pending) if isinstance(e, Permanent) else {}
+                if not culprits:  # cannot tell which item: bisect to isolate it
+                    self.settle(e, pending, results, resend=lambda part: self._stock(part, results))
                     return
                 for i, msg in culprits.items():
                     results[pending[i].key] = PushResult(pending[i].key, Outcome.PERMANENT, msg)
@@ -158,7 +127,19 @@ class MagentoSink(Sink):
                 results[f.key] = PushResult(f.key, Outcome.OK)
             return
 
-    def _prices(self, facts: list[Fact], special: bool, results: dict[FactKey, PushResult]) -> None:
+    def _culprits(self, e: Permanent, pending: list[Fact]) -> dict[int, str]:
+        """The items of a refused source-items save that its ``errors`` name (by SKU and source code)."""
+        errors = (e.body or {}).get("errors") if isinstance(e.body, dict) else None
+        culprits: dict[int, str] = {}
+        for err in errors or []:
+            vals = _param_values(err)
+            for i, f in enumerate(pending):
+                code_ok = "code" not in (err.get("parameters") or {}) or self._source(f) in vals
+                if f.sku in vals and code_ok:
+                    culprits[i] = render(err)
+        return culprits
+
+    def _prices(self, facts: list[Fact], special: bool, results: Results) -> None:
         rows = []
         for f in facts:
             row: dict[str, Any] = {"price": float(f.amount), "store_id": self.cfg.store_id, "sku": f.sku}
@@ -167,18 +148,9 @@ class MagentoSink(Sink):
             rows.append(row)
         path = "/products/special-price" if special else "/products/base-prices"
         try:
-            failed = self._call("POST", path, json={"prices": rows}).json() or []
-        except _Retry as e:
-            for f in facts:
-                results[f.key] = PushResult(f.key, Outcome.RETRY, str(e), e.retry_after, e.throttled)
-            return
-        except (_Refused, ValueError) as e:
-            if len(facts) > 1:
-                half = len(facts) // 2
-                self._prices(facts[:half], special, results)
-                self._prices(facts[half:], special, results)
-            else:
-                results[facts[0].key] = PushResult(facts[0].key, Outcome.PERMANENT, str(e))
+            failed = json_answer(self.call("POST", path, json={"prices": rows})) or []
+        except (RetryLater, Permanent) as e:
+            self.settle(e, facts, results, resend=lambda part: self._prices(part, special, results))
             return
         bad: dict[str, str] = {}
         for err in failed if isinstance(failed, list) else []:
@@ -194,24 +166,11 @@ class MagentoSink(Sink):
             )
 
     # snapshot ----------------------------------------------------------------------------------------
-    def _retrying(self, method: str, path: str, attempts: int = 5, **kw: Any) -> Any:
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._call(method, path, **kw).json()
-            except _Retry as e:
-                if attempt == attempts:
-                    raise SinkError(f"Magento kept failing: {e}") from None
-                time.sleep(min(e.retry_after or 0.5 * attempt, 10.0))
-            except _Refused as e:
-                raise SinkError(str(e)) from None
-        raise AssertionError
-
     def _pages(self, path: str) -> Iterator[dict[str, Any]]:
         page, size = 1, 300
         while True:
-            body = self._retrying(
-                "GET", path, params={"searchCriteria[pageSize]": size, "searchCriteria[currentPage]": page}
-            )
+            params = {"searchCriteria[pageSize]": size, "searchCriteria[currentPage]": page}
+            body = self.listing(lambda p=params: self.call("GET", path, params=p).json())
             yield from body["items"]
             if page * size >= int(body["total_count"]):
                 return
@@ -231,7 +190,9 @@ class MagentoSink(Sink):
         batch: list[str] = []
 
         def specials(skus: list[str]) -> Iterator[Fact]:
-            body = self._retrying("POST", "/products/special-price-information", json={"skus": skus})
+            body = self.listing(
+                lambda: self.call("POST", "/products/special-price-information", json={"skus": skus}).json()
+            )
             for row in body:
                 if row.get("store_id") == self.cfg.store_id:
                     for plist in (k for k, v in lists.items() if v == "sale"):

@@ -21,29 +21,21 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from cdc.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
-    Pacer,
+    Permanent,
     PushResult,
-    Sink,
-    SinkError,
+    Results,
+    RetryLater,
+    ShopSink,
     describe_http_error,
-    http_client,
-    newest_per_key,
-    send,
+    failure,
 )
-from sinks.base import RetryLater as _Retry
 from sinks.config import PrestaShopSinkConfig
 
 log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 50  # references per filter (keeps URLs well under server limits)
-
-
-class _Permanent(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def presta_message(resp: httpx.Response) -> str:
@@ -64,35 +56,35 @@ def presta_message(resp: httpx.Response) -> str:
         return describe_http_error(resp)
 
 
-class PrestaShopSink(Sink):
+class PrestaShopSink(ShopSink):
     kind = "prestashop"
+    platform = "PrestaShop"
+    unknown_sku = "no PrestaShop product with this reference"
     max_batch = 100  # facts per push; each is its own request, pipelined
 
     def __init__(self, config: PrestaShopSinkConfig) -> None:
-        super().__init__(config)
-        self.cfg = config
-        self.base = config.url.rstrip("/") + "/api"
         limits = httpx.Limits(
             max_connections=config.concurrency, max_keepalive_connections=config.concurrency
         )
-        self.client = http_client(
-            config, auth=httpx.BasicAuth(config.webservice_key.get_secret_value(), ""), limits=limits
+        super().__init__(
+            config,
+            config.url.rstrip("/") + "/api",
+            rate=config.max_requests_per_second,
+            auth=httpx.BasicAuth(config.webservice_key.get_secret_value(), ""),
+            limits=limits,
         )
+        self.cfg = config
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix=f"presta-{config.name}")
-        self.pacer = Pacer(config.max_requests_per_second)
         self.products: dict[str, tuple[int, float]] = {}  # sku -> (id_product, resolved_at)
         self.stock_ids: dict[tuple[int, str], int] = {}  # (id_product, id_shop) -> stock_available id
-        self.stats = {"calls": 0, "throttled": 0, "lookups": 0}
+        self.stats["lookups"] = 0
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        self.client.close()
+        super().close()
 
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        resp = send(self.client, self.pacer, self.stats, "PrestaShop", method, self.base + path, **kw)
-        if resp.status_code >= 400:
-            raise _Permanent(presta_message(resp), resp.status_code)
-        return resp
+    def refusal(self, resp: httpx.Response) -> Permanent:
+        return Permanent(presta_message(resp), status=resp.status_code)
 
     @staticmethod
     def _rows(resp: httpx.Response, resource: str) -> list[dict[str, Any]]:
@@ -104,7 +96,7 @@ class PrestaShopSink(Sink):
         found: list[int] = []
         for i in range(0, len(skus), LOOKUP_CHUNK):
             part = skus[i : i + LOOKUP_CHUNK]
-            resp = self._call(
+            resp = self.call(
                 "GET",
                 "/products",
                 params={
@@ -125,7 +117,7 @@ class PrestaShopSink(Sink):
     def _resolve_stock(self, product_ids: list[int]) -> None:
         for i in range(0, len(product_ids), LOOKUP_CHUNK):
             part = product_ids[i : i + LOOKUP_CHUNK]
-            resp = self._call(
+            resp = self.call(
                 "GET",
                 "/stock_availables",
                 params={
@@ -139,44 +131,20 @@ class PrestaShopSink(Sink):
             for row in self._rows(resp, "stock_availables"):
                 self.stock_ids[(int(row["id_product"]), str(row["id_shop"]))] = int(row["id"])
 
-    # push --------------------------------------------------------------------------------------------
-    def push(self, facts: list[Fact]) -> list[PushResult]:
-        started = time.monotonic()
-        results: dict[FactKey, PushResult] = {}
-        todo = []
-        for f in newest_per_key(facts).values():
-            problem = self.check(f)
-            if problem:
-                results[f.key] = problem
-            else:
-                todo.append(f)
-        missing = sorted({f.sku for f in todo if f.sku not in self.products})
-        try:
-            if missing:
-                self.resolve(missing)
-        except (_Retry, _Permanent) as e:
-            outcome = Outcome.RETRY if isinstance(e, _Retry) else Outcome.PERMANENT
-            for f in todo:
-                results[f.key] = PushResult(
-                    f.key, outcome, f"SKU lookup failed: {e}", getattr(e, "retry_after", None)
-                )
-            todo = []
-        jobs = []
-        for f in todo:
-            if f.sku not in self.products:
-                results[f.key] = PushResult(
-                    f.key,
-                    Outcome.PERMANENT,
-                    f"unknown SKU {f.sku!r}: no PrestaShop product with this reference",
-                )
-            else:
-                jobs.append(f)
-        for f, res in zip(jobs, self.pool.map(lambda f: self._write(f, started), jobs), strict=True):
-            results[f.key] = res
-        return [results[f.key] for f in facts]
+    # push: hooks of Sink.push ---------------------------------------------------------------------------
+    def known(self, sku: str) -> bool:
+        return sku in self.products
 
-    def _write(self, f: Fact, started: float) -> PushResult:
-        pid, resolved_at = self.products[f.sku]
+    def write(self, group: None, facts: list[Fact], results: Results, started: float) -> None:
+        # no batch endpoint: one request per fact, ``concurrency`` in flight. The ids are read before: the
+        # first write that finds one stale forgets it while the SKU's other facts are still to be written
+        ids = [self.products[f.sku] for f in facts]
+        answers = self.pool.map(lambda f, i: self._write(f, i, started), facts, ids)
+        for f, res in zip(facts, answers, strict=True):
+            results[f.key] = res
+
+    def _write(self, f: Fact, ids: tuple[int, float], started: float) -> PushResult:
+        pid, resolved_at = ids
         try:
             if f.kind == "stock":
                 shop = self.cfg.locations.get(f.location, f.location)
@@ -191,7 +159,7 @@ class PrestaShopSink(Sink):
                     f"<prestashop><stock_available><id>{sid}</id><quantity>{f.available}</quantity>"
                     "</stock_available></prestashop>"
                 )
-                self._call(
+                self.call(
                     "PATCH",
                     f"/stock_availables/{sid}",
                     params={"id_shop": shop},
@@ -203,16 +171,11 @@ class PrestaShopSink(Sink):
                     f"<prestashop><product><id>{pid}</id><price>{escape(format(f.amount, 'f'))}</price>"
                     "</product></prestashop>"
                 )
-                self._call("PATCH", f"/products/{pid}", content=body, headers={"Content-Type": "text/xml"})
-        except _Retry as e:
-            return PushResult(f.key, Outcome.RETRY, str(e), e.retry_after, e.throttled)
-        except _Permanent as e:
-            if (
-                e.status == 404 and resolved_at < started
-            ):  # cached id vanished: forget it, re-resolve on retry
-                self.products.pop(f.sku, None)
-                return PushResult(f.key, Outcome.RETRY, f"stale id cache for {f.sku!r}: {e}", 0.0)
-            return PushResult(f.key, Outcome.PERMANENT, str(e))
+                self.call("PATCH", f"/products/{pid}", content=body, headers={"Content-Type": "text/xml"})
+        except (RetryLater, Permanent) as e:
+            if isinstance(e, Permanent) and e.status == 404:  # a cached id vanished: re-resolve on retry
+                return self.stale_or_refused(f, self.products, resolved_at, started, str(e))
+            return failure(f.key, e)
         return PushResult(f.key, Outcome.OK)
 
     # snapshot ----------------------------------------------------------------------------------------
@@ -225,25 +188,13 @@ class PrestaShopSink(Sink):
                 "limit": f"{offset},{size}",
                 "sort": "[id_ASC]",
             }
-            rows = self._retrying(
-                lambda p=params: self._rows(self._call("GET", f"/{resource}", params=p), resource)
+            rows = self.listing(
+                lambda p=params: self._rows(self.call("GET", f"/{resource}", params=p), resource)
             )
             yield from rows
             if len(rows) < size:
                 return
             offset += size
-
-    def _retrying(self, call: Any, attempts: int = 5) -> Any:
-        for attempt in range(1, attempts + 1):
-            try:
-                return call()
-            except _Retry as e:
-                if attempt == attempts:
-                    raise SinkError(f"PrestaShop kept failing: {e}") from None
-                time.sleep(min(e.retry_after or 0.5 * attempt, 10.0))
-            except _Permanent as e:
-                raise SinkError(str(e)) from None
-        raise AssertionError
 
     def snapshot(self) -> Iterator[Fact]:
         refs = {int(p["id"]): p for p in self._list("products", "[id,reference,price]") if p.get("reference")}

@@ -21,30 +21,24 @@ from typing import Any
 
 import httpx
 
-from cdc.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
+    Permanent,
     PushResult,
-    Sink,
+    Results,
+    RetryLater,
+    ShopSink,
     SinkError,
     describe_http_error,
     http_client,
-    is_retryable_status,
-    retry_after_seconds,
 )
-from sinks.base import RetryLater as _Retry
 from sinks.config import ShopifySinkConfig
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_COST = 1000  # Shopify's single-query cost limit
 MAX_INLINE_THROTTLE_WAIT = 10.0  # wait this long inside push for a throttled request; beyond, hand back RETRY
-
-
-class _Permanent(Exception):
-    def __init__(self, message: str, per_item: bool = False) -> None:
-        super().__init__(message)
-        self.per_item = per_item  # the refusal names one input value: bisecting the batch isolates it
 
 
 @dataclass(slots=True)
@@ -116,28 +110,38 @@ def _field_index(field: Any, marker: str) -> int | None:
     return None
 
 
-class ShopifySink(Sink):
+def _split_price_groups(groups: list[tuple[str, list[str]]]) -> list[list[tuple[str, list[str]]]]:
+    """Bisect a refused price request: its products, or the variants of its only product."""
+    if len(groups) > 1:
+        half = len(groups) // 2
+        return [groups[:half], groups[half:]]
+    product, variants = groups[0]
+    half = len(variants) // 2
+    return [[(product, variants[:half])], [(product, variants[half:])]] if half else [groups]
+
+
+class ShopifySink(ShopSink):
     kind = "shopify"
+    platform = "Shopify"
+    unknown_sku = "no Shopify variant"
     max_batch = 250  # Shopify's input array limit
 
     def __init__(self, config: ShopifySinkConfig) -> None:
-        super().__init__(config)
+        endpoint = f"{config.url.rstrip('/')}/admin/api/{config.api_version}/graphql.json"
+        # paced by the cost bucket below, not by requests per second
+        super().__init__(config, endpoint, {"X-Shopify-Access-Token": config.access_token.get_secret_value()})
         self.cfg = config
-        self.endpoint = f"{config.url.rstrip('/')}/admin/api/{config.api_version}/graphql.json"
-        self.client = http_client(config, {"X-Shopify-Access-Token": config.access_token.get_secret_value()})
+        self.endpoint = endpoint
         self.ids: dict[str, _Ids] = {}
         self.known_qty: dict[tuple[str, str], int] = {}  # (item gid, location gid) -> last read/written
         self.bucket = CostBucket()
         self._learned: dict[str, tuple[float, int]] = {}  # op -> (requested cost, items) of the last call
         self.lock = threading.Lock()
-        self.stats = {"calls": 0, "throttled": 0, "lookups": 0, "paced_seconds": 0}
+        self.stats |= {"lookups": 0, "paced_seconds": 0}
         version = config.api_version
         self.compare_style = "compareQuantity" if version < "2026-01" else "changeFromQuantity"
         self.idempotent = version >= "2026-04"  # also true for "unstable"
         self.use_known = config.compare_quantity == "last_known" or self.idempotent
-
-    def close(self) -> None:
-        self.client.close()
 
     # GraphQL transport -------------------------------------------------------------------------------
     def _estimate(self, op: str, items: int, default: float) -> float:
@@ -146,33 +150,23 @@ class ShopifySink(Sink):
             return max(default * 0.5, last[0] * max(items, 1) / last[1])
         return default
 
+    def refusal(self, resp: httpx.Response) -> Permanent:
+        return Permanent(describe_http_error(resp), per_item=False, status=resp.status_code)
+
     def gql(
         self, op: str, query: str, variables: dict[str, Any], est_cost: float, items: int = 1
     ) -> dict[str, Any]:
-        """One GraphQL request → ``data``. Raises _Retry / _Permanent; retries THROTTLED inline when short."""
+        """One GraphQL request → ``data``. Raises RetryLater / Permanent; retries THROTTLED inline when
+        short. Shopify answers HTTP 200 for errors too: the body decides."""
         throttled_waits = 0
         while True:
             if self.cfg.pace:
                 self.stats["paced_seconds"] += self.bucket.acquire(est_cost)
-            try:
-                resp = self.client.post(self.endpoint, json={"query": query, "variables": variables})
-            except httpx.TimeoutException as e:
-                raise _Retry(f"timeout talking to Shopify ({type(e).__name__})") from None
-            except httpx.TransportError as e:
-                raise _Retry(f"connection problem talking to Shopify ({type(e).__name__})") from None
-            self.stats["calls"] += 1
-            ctype = resp.headers.get("content-type", "")
-            if is_retryable_status(resp.status_code) or "html" in ctype:
-                raise _Retry(describe_http_error(resp), retry_after_seconds(resp))
-            if resp.status_code in (401, 403):
-                # a revoked token is an operator problem, not the facts': keep them queued, don't dead-letter
-                raise _Retry(f"Shopify refused the credentials ({describe_http_error(resp)})", 60.0)
-            if resp.status_code >= 400:
-                raise _Permanent(describe_http_error(resp))
+            resp = self.call("POST", json={"query": query, "variables": variables})
             try:
                 body = resp.json()
             except ValueError:
-                raise _Retry(f"unparseable response: {describe_http_error(resp)}") from None
+                raise RetryLater(f"unparseable response: {describe_http_error(resp)}") from None
             cost = (body.get("extensions") or {}).get("cost") or {}
             if cost.get("throttleStatus"):
                 self.bucket.update(cost["throttleStatus"])
@@ -191,11 +185,11 @@ class ShopifySink(Sink):
                     throttled_waits += 1
                     time.sleep(wait)
                     continue
-                raise _Retry("Shopify throttled the request (THROTTLED)", wait, throttled=True)
+                raise RetryLater("Shopify throttled the request (THROTTLED)", wait, throttled=True)
             msg = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)[:500]
             if codes & {"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE"}:
-                raise _Retry(f"Shopify error: {msg}")
-            raise _Permanent(f"Shopify rejected the request: {msg}", per_item=codes == {"INVALID_VARIABLE"})
+                raise RetryLater(f"Shopify error: {msg}")
+            raise Permanent(f"Shopify rejected the request: {msg}", per_item=codes == {"INVALID_VARIABLE"})
 
     # SKU resolution ----------------------------------------------------------------------------------
     def _levels_selection(self) -> str:
@@ -238,104 +232,40 @@ class ShopifySink(Sink):
                         if q["name"] == self.cfg.quantity_name:
                             self.known_qty[(item, lvl["location"]["id"])] = int(q["quantity"])
 
-    # push --------------------------------------------------------------------------------------------
-    def push(self, facts: list[Fact]) -> list[PushResult]:
-        newest: dict[FactKey, Fact] = {}
-        for f in facts:  # defensive de-duplication: newest version per key wins
-            if f.key not in newest or f.version >= newest[f.key].version:
-                newest[f.key] = f
-        results: dict[FactKey, PushResult] = {}
-        todo: list[Fact] = []
-        for f in newest.values():
-            problem = self.check(f)
-            if problem is not None:
-                results[f.key] = problem
-            else:
-                todo.append(f)
-        started = time.monotonic()
-        try:
-            missing = sorted({f.sku for f in todo if f.sku not in self.ids})
-            if missing:
-                self.resolve(missing)
-            elif self.use_known and any(
-                (self.ids[f.sku].item, self._loc(f)) not in self.known_qty for f in todo if f.kind == "stock"
-            ):
-                self.resolve(sorted({f.sku for f in todo if f.kind == "stock"}), with_levels=True)
-        except (_Retry, _Permanent) as e:
-            outcome = Outcome.RETRY if isinstance(e, _Retry) else Outcome.PERMANENT
-            for f in todo:
-                results[f.key] = PushResult(
-                    f.key,
-                    outcome,
-                    f"SKU lookup failed: {e}",
-                    getattr(e, "retry_after", None),
-                    getattr(e, "throttled", False),
-                )
-            todo = []
-        ready = []
-        for f in todo:
-            if f.sku in self.ids:
-                ready.append(f)
-            else:
-                results[f.key] = PushResult(
-                    f.key, Outcome.PERMANENT, f"unknown SKU {f.sku!r}: no Shopify variant"
-                )
-        stock = [f for f in ready if f.kind == "stock"]
-        prices = [f for f in ready if f.kind == "price"]
-        if stock:
-            self._push_stock(stock, results, started)
-        if prices:
-            self._push_prices(prices, results, started)
-        return [results[f.key] for f in facts]
+    # push: hooks of Sink.push ---------------------------------------------------------------------------
+    def known(self, sku: str) -> bool:
+        return sku in self.ids
+
+    def lookup(self, facts: list[Fact]) -> None:
+        if not all(self.known(f.sku) for f in facts):
+            super().lookup(facts)
+        elif self.use_known and any(
+            (self.ids[f.sku].item, self._loc(f)) not in self.known_qty for f in facts if f.kind == "stock"
+        ):
+            self.resolve(sorted({f.sku for f in facts if f.kind == "stock"}), with_levels=True)
+
+    def groups(self, facts: list[Fact]) -> Iterator[tuple[str, list[Fact]]]:
+        for kind in ("stock", "price"):
+            part = [f for f in facts if f.kind == kind]
+            if part:
+                yield kind, part
+
+    def write(self, group: str, facts: list[Fact], results: Results, started: float) -> None:
+        if group == "stock":
+            self._push_stock(facts, results, started)
+        else:
+            self._push_prices(facts, results, started)
 
     def _loc(self, f: Fact) -> str:
         return self.cfg.locations.get(f.location, f.location)
 
-    def _stale_or_permanent(self, f: Fact, started: float, message: str) -> PushResult:
-        """An id the shop no longer knows: if it came from the cache, forget it and retry (the SKU may have
-        moved to a new variant); if we resolved it just now, the shop really refuses it."""
-        ids = self.ids.get(f.sku)
-        if ids is not None and ids.resolved_at < started:
-            del self.ids[f.sku]
-            return PushResult(f.key, Outcome.RETRY, f"stale id cache for {f.sku!r}: {message}", 0.0)
-        return PushResult(f.key, Outcome.PERMANENT, message)
-
-    def _push_stock(self, facts: list[Fact], results: dict[FactKey, PushResult], started: float) -> None:
+    # stock -------------------------------------------------------------------------------------------
+    def _push_stock(self, facts: list[Fact], results: Results, started: float) -> None:
         pending = facts
         for _round in range(3):  # Shopify applies a set atomically: resend the good ones after userErrors
             if not pending:
                 return
-            quantities = []
-            for f in pending:
-                item, loc = self.ids[f.sku].item, self._loc(f)
-                q: dict[str, Any] = {"inventoryItemId": item, "locationId": loc, "quantity": f.available}
-                if self.use_known:
-                    q[self.compare_style] = self.known_qty.get((item, loc))
-                elif self.compare_style == "changeFromQuantity":
-                    q["changeFromQuantity"] = None  # 2026-01: null opts out of the check
-                quantities.append(q)
-            inp: dict[str, Any] = {
-                "name": self.cfg.quantity_name,
-                "reason": self.cfg.reason,
-                "quantities": quantities,
-            }
-            if self.cfg.reference_document_uri:
-                inp["referenceDocumentUri"] = self.cfg.reference_document_uri
-            if not self.use_known and self.compare_style == "compareQuantity":
-                inp["ignoreCompareQuantity"] = True
-            variables: dict[str, Any] = {"input": inp}
-            if self.idempotent:
-                variables["key"] = str(uuid.uuid4())  # one key per attempt; inline throttle retries reuse it
-                head, directive = (
-                    "($input: InventorySetQuantitiesInput!, $key: String!)",
-                    " @idempotent(key: $key)",
-                )
-            else:
-                head, directive = "($input: InventorySetQuantitiesInput!)", ""
-            query = (
-                f"mutation SetStock{head} {{ inventorySetQuantities(input: $input){directive} "
-                "{ inventoryAdjustmentGroup { id } userErrors { code field message } } }"
-            )
+            query, variables = self._stock_mutation(pending)
             try:
                 data = self.gql(
                     "stock",
@@ -344,62 +274,96 @@ class ShopifySink(Sink):
                     self._estimate("stock", len(pending), 10 + len(pending)),
                     len(pending),
                 )
-            except _Retry as e:
-                for f in pending:
-                    results[f.key] = PushResult(f.key, Outcome.RETRY, str(e), e.retry_after, e.throttled)
+            except (RetryLater, Permanent) as e:
+                # refused as a whole for one value (e.g. out of range): bisect to isolate the culprit
+                self.settle(e, pending, results, resend=lambda part: self._push_stock(part, results, started))
                 return
-            except _Permanent as e:
-                if len(pending) == 1 or not e.per_item:
-                    for f in pending:
-                        results[f.key] = PushResult(f.key, Outcome.PERMANENT, str(e))
-                    return
-                # the whole request was refused (e.g. one value out of range): isolate the culprit
-                half = len(pending) // 2
-                self._push_stock(pending[:half], results, started)
-                self._push_stock(pending[half:], results, started)
-                return
-            payload = data.get("inventorySetQuantities") or {}
-            errors = payload.get("userErrors") or []
-            if not errors:
-                for f in pending:
-                    results[f.key] = PushResult(f.key, Outcome.OK)
-                    self.known_qty[(self.ids[f.sku].item, self._loc(f))] = f.available
-                return
-            bad: set[int] = set()
-            stale: list[Fact] = []
-            for err in errors:
-                i = _field_index(err.get("field"), "quantities")
-                if i is None or i >= len(pending):
-                    continue
-                f, code, msg = pending[i], err.get("code"), f"{err.get('code')}: {err.get('message')}"
-                bad.add(i)
-                if code in ("COMPARE_QUANTITY_STALE", "CHANGE_FROM_QUANTITY_STALE"):
-                    stale.append(f)  # the shop moved (an order?): re-read, then set the ERP's value again
-                elif code == "INVALID_INVENTORY_ITEM":
-                    results[f.key] = self._stale_or_permanent(f, started, msg)
-                else:
-                    results[f.key] = PushResult(f.key, Outcome.PERMANENT, msg)
-            if not bad:  # userErrors we cannot attribute: the set was refused as a whole
-                msg = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)[:500]
-                for f in pending:
-                    results[f.key] = PushResult(f.key, Outcome.PERMANENT, msg)
-                return
-            if stale:
-                try:
-                    self.resolve(sorted({f.sku for f in stale}), with_levels=True)
-                except (_Retry, _Permanent) as e:
-                    for f in stale:
-                        results[f.key] = PushResult(
-                            f.key, Outcome.RETRY, f"re-reading stock failed: {e}", None
-                        )
-                    stale = []
-            pending = [f for i, f in enumerate(pending) if i not in bad or f in stale]
+            errors = (data.get("inventorySetQuantities") or {}).get("userErrors") or []
+            pending = self._stock_answer(pending, errors, results, started)
         for f in pending:
             results[f.key] = PushResult(
                 f.key, Outcome.RETRY, "stock kept changing in the shop; retry later", 1.0
             )
 
-    def _push_prices(self, facts: list[Fact], results: dict[FactKey, PushResult], started: float) -> None:
+    def _stock_mutation(self, pending: list[Fact]) -> tuple[str, dict[str, Any]]:
+        """inventorySetQuantities for these facts, in the API version's compare-and-set dialect."""
+        quantities = []
+        for f in pending:
+            item, loc = self.ids[f.sku].item, self._loc(f)
+            q: dict[str, Any] = {"inventoryItemId": item, "locationId": loc, "quantity": f.available}
+            if self.use_known:
+                q[self.compare_style] = self.known_qty.get((item, loc))
+            elif self.compare_style == "changeFromQuantity":
+                q["changeFromQuantity"] = None  # 2026-01: null opts out of the check
+            quantities.append(q)
+        inp: dict[str, Any] = {
+            "name": self.cfg.quantity_name,
+            "reason": self.cfg.reason,
+            "quantities": quantities,
+        }
+        if self.cfg.reference_document_uri:
+            inp["referenceDocumentUri"] = self.cfg.reference_document_uri
+        if not self.use_known and self.compare_style == "compareQuantity":
+            inp["ignoreCompareQuantity"] = True
+        variables: dict[str, Any] = {"input": inp}
+        if self.idempotent:
+            variables["key"] = str(uuid.uuid4())  # one key per attempt; inline throttle retries reuse it
+            head, directive = (
+                "($input: InventorySetQuantitiesInput!, $key: String!)",
+                " @idempotent(key: $key)",
+            )
+        else:
+            head, directive = "($input: InventorySetQuantitiesInput!)", ""
+        query = (
+            f"mutation SetStock{head} {{ inventorySetQuantities(input: $input){directive} "
+            "{ inventoryAdjustmentGroup { id } userErrors { code field message } } }"
+        )
+        return query, variables
+
+    def _stock_answer(
+        self, pending: list[Fact], errors: list[dict[str, Any]], results: Results, started: float
+    ) -> list[Fact]:
+        """Record the results of one applied (or refused) set; returns the facts to send again: the good
+        ones of a set refused for some items, and those whose compare-and-set found the shop moved."""
+        if not errors:
+            for f in pending:
+                results[f.key] = PushResult(f.key, Outcome.OK)
+                self.known_qty[(self.ids[f.sku].item, self._loc(f))] = f.available
+            return []
+        # read before the first stale id is forgotten: each location of that SKU is retried, not refused
+        resolved_at = {f.sku: self.ids[f.sku].resolved_at for f in pending}
+        bad: set[int] = set()
+        stale: list[Fact] = []
+        for err in errors:
+            i = _field_index(err.get("field"), "quantities")
+            if i is None or i >= len(pending):
+                continue
+            f, code, msg = pending[i], err.get("code"), f"{err.get('code')}: {err.get('message')}"
+            bad.add(i)
+            if code in ("COMPARE_QUANTITY_STALE", "CHANGE_FROM_QUANTITY_STALE"):
+                stale.append(f)  # the shop moved (an order?): re-read, then set the ERP's value again
+            elif code == "INVALID_INVENTORY_ITEM":
+                results[f.key] = self.stale_or_refused(f, self.ids, resolved_at[f.sku], started, msg)
+            else:
+                results[f.key] = PushResult(f.key, Outcome.PERMANENT, msg)
+        if not bad:  # userErrors we cannot attribute: the set was refused as a whole
+            msg = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)[:500]
+            for f in pending:
+                results[f.key] = PushResult(f.key, Outcome.PERMANENT, msg)
+            return []
+        if stale:
+            try:
+                self.resolve(sorted({f.sku for f in stale}), with_levels=True)
+            except (RetryLater, Permanent) as e:
+                for f in stale:
+                    results[f.key] = PushResult(
+                        f.key, Outcome.RETRY, f"re-reading stock failed: {e}", None
+                    )
+                stale = []
+        return [f for i, f in enumerate(pending) if i not in bad or f in stale]
+
+    # prices ------------------------------------------------------------------------------------------
+    def _push_prices(self, facts: list[Fact], results: Results, started: float) -> None:
         by_variant: dict[str, dict[str, Any]] = {}
         facts_of: dict[str, list[Fact]] = {}
         for f in facts:
@@ -431,7 +395,7 @@ class ShopifySink(Sink):
         groups: list[tuple[str, list[str]]],
         by_variant: dict[str, dict[str, Any]],
         facts_of: dict[str, list[Fact]],
-        results: dict[FactKey, PushResult],
+        results: Results,
         started: float,
     ) -> None:
         decls, fields, variables = [], [], {}
@@ -450,49 +414,53 @@ class ShopifySink(Sink):
             data = self.gql(
                 "prices", query, variables, self._estimate("prices", items, 10 * len(groups) + items), items
             )
-        except _Retry as e:
-            for f in all_facts:
-                results[f.key] = PushResult(f.key, Outcome.RETRY, str(e), e.retry_after, e.throttled)
-            return
-        except _Permanent as e:
-            if (len(groups) == 1 and len(groups[0][1]) == 1) or not e.per_item:
-                for f in all_facts:
-                    results[f.key] = PushResult(f.key, Outcome.PERMANENT, str(e))
-                return
-            if len(groups) > 1:  # isolate the product whose input was refused
-                half = len(groups) // 2
-                self._price_request(groups[:half], by_variant, facts_of, results, started)
-                self._price_request(groups[half:], by_variant, facts_of, results, started)
-            else:
-                product, vs = groups[0]
-                half = len(vs) // 2
-                self._price_request([(product, vs[:half])], by_variant, facts_of, results, started)
-                self._price_request([(product, vs[half:])], by_variant, facts_of, results, started)
+        except (RetryLater, Permanent) as e:
+            # an input refused: isolate the product, then the variant, whose input it was
+            self.settle(
+                e,
+                all_facts,
+                results,
+                units=groups,
+                split=_split_price_groups,
+                resend=lambda part: self._price_request(part, by_variant, facts_of, results, started),
+            )
             return
         for n, (_product, variants) in enumerate(groups):
-            payload = data.get(f"p{n}") or {}
-            failed: dict[str, str] = {}
-            whole: str | None = None
-            for err in payload.get("userErrors") or []:
-                msg = f"{err.get('code')}: {err.get('message')}"
-                i = _field_index(err.get("field"), "variants")
-                if i is not None and i < len(variants):
-                    failed[variants[i]] = msg
+            self._price_answer(data.get(f"p{n}") or {}, variants, facts_of, results, started)
+
+    def _price_answer(
+        self,
+        payload: dict[str, Any],
+        variants: list[str],
+        facts_of: dict[str, list[Fact]],
+        results: Results,
+        started: float,
+    ) -> None:
+        """Results of one product's productVariantsBulkUpdate (partial updates allowed)."""
+        # read before the first stale id is forgotten: every price of that variant is retried, not refused
+        resolved_at = {v: self.ids[facts_of[v][0].sku].resolved_at for v in variants}
+        failed: dict[str, str] = {}
+        whole: str | None = None
+        for err in payload.get("userErrors") or []:
+            msg = f"{err.get('code')}: {err.get('message')}"
+            i = _field_index(err.get("field"), "variants")
+            if i is not None and i < len(variants):
+                failed[variants[i]] = msg
+            else:
+                whole = msg
+        for v in variants:
+            for f in facts_of[v]:
+                if whole is not None:
+                    results[f.key] = self.stale_or_refused(f, self.ids, resolved_at[v], started, whole)
+                elif v in failed:
+                    code = failed[v].split(":", 1)[0]
+                    results[f.key] = (
+                        self.stale_or_refused(f, self.ids, resolved_at[v], started, failed[v])
+                        if code == "PRODUCT_VARIANT_DOES_NOT_EXIST"
+                        else PushResult(f.key, Outcome.PERMANENT, failed[v])
+                    )
                 else:
-                    whole = msg
-            for v in variants:
-                for f in facts_of[v]:
-                    if whole is not None:
-                        results[f.key] = self._stale_or_permanent(f, started, whole)
-                    elif v in failed:
-                        code = failed[v].split(":", 1)[0]
-                        results[f.key] = (
-                            self._stale_or_permanent(f, started, failed[v])
-                            if code == "PRODUCT_VARIANT_DOES_NOT_EXIST"
-                            else PushResult(f.key, Outcome.PERMANENT, failed[v])
-                        )
-                    else:
-                        results[f.key] = PushResult(f.key, Outcome.OK)
+                    results[f.key] = PushResult(f.key, Outcome.OK)
 
     # snapshot ----------------------------------------------------------------------------------------
     def snapshot(self) -> Iterator[Fact]:
@@ -543,7 +511,7 @@ class ShopifySink(Sink):
         )
         after: str | None = None
         while True:
-            data = self._with_retries(
+            data = self.listing(
                 lambda a=after: self.gql(
                     "page",
                     query,
@@ -571,14 +539,14 @@ class ShopifySink(Sink):
             "mutation Bulk($q: String!) { bulkOperationRunQuery(query: $q) { bulkOperation { id status } "
             "userErrors { code field message } } }"
         )
-        data = self._with_retries(lambda: self.gql("bulk", run, {"q": inner}, 10))
+        data = self.listing(lambda: self.gql("bulk", run, {"q": inner}, 10))
         payload = data["bulkOperationRunQuery"]
         if payload.get("userErrors"):
             raise SinkError(f"Shopify refused the bulk export: {payload['userErrors']}")
         op_id = payload["bulkOperation"]["id"]
         poll = "query Poll($id: ID!) { bulkOperation(id: $id) { id status errorCode objectCount url } }"
         while True:
-            op = self._with_retries(lambda: self.gql("poll", poll, {"id": op_id}, 1))["bulkOperation"]
+            op = self.listing(lambda: self.gql("poll", poll, {"id": op_id}, 1))["bulkOperation"]
             if op["status"] == "COMPLETED":
                 break
             if op["status"] in ("FAILED", "CANCELED", "CANCELING", "EXPIRED"):
@@ -608,15 +576,3 @@ class ShopifySink(Sink):
                 current, levels = row, []
             if current is not None:
                 yield current, levels
-
-    def _with_retries(self, call: Any, attempts: int = 5) -> dict[str, Any]:
-        for attempt in range(1, attempts + 1):
-            try:
-                return call()  # type: ignore[no-any-return]
-            except _Retry as e:
-                if attempt == attempts:
-                    raise SinkError(f"Shopify kept failing: {e}") from None
-                time.sleep(min(e.retry_after or 0.5 * attempt, 10.0))
-            except _Permanent as e:
-                raise SinkError(str(e)) from None
-        raise AssertionError

@@ -20,13 +20,17 @@ import httpx
 from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
+    Permanent,
     PushResult,
+    Results,
+    RetryLater,
     Sink,
     describe_http_error,
     describe_transport_error,
     http_client,
     is_retryable_status,
     retry_after_seconds,
+    singles,
 )
 from sinks.config import WebhookSinkConfig
 
@@ -47,25 +51,35 @@ class WebhookSink(Sink):
         self._secret = config.secret.get_secret_value().encode() if config.secret else None
         self.client = http_client(config, {"Content-Type": "application/json"})
 
-    def push(self, facts: list[Fact]) -> list[PushResult]:
-        if not facts:
-            return []
+    # push: hooks of Sink.push ---------------------------------------------------------------------------
+    def screen(self, facts: list[Fact], results: Results) -> list[Fact]:
+        """Every fact goes to the receiver as given: it decides what it takes (no ``check`` here)."""
+        return list(facts)
+
+    def write(self, group: None, facts: list[Fact], results: Results, started: float) -> None:
+        try:
+            self._post(facts, results)
+        except (RetryLater, Permanent) as e:
+            # a refused batch is retried fact by fact: find the bad one(s) instead of refusing them all
+            self.settle(e, facts, results, split=singles,
+                        resend=lambda part: self.write(group, part, results, started))
+
+    def _post(self, facts: list[Fact], results: Results) -> None:
         body = json.dumps({"facts": [f.to_json() for f in facts]}, separators=(",", ":")).encode()
         headers = {SIGNATURE_HEADER: sign(self._secret, body)} if self._secret else {}
         try:
             resp = self.client.post(self.cfg.url, content=body, headers=headers)
         except httpx.TimeoutException:
-            return self.all(facts, Outcome.RETRY, "timeout")
+            raise RetryLater("timeout") from None
         except httpx.TransportError as e:
-            return self.all(facts, Outcome.RETRY, describe_transport_error(e))
+            raise RetryLater(describe_transport_error(e)) from None
         if 200 <= resp.status_code < 300:
-            return self._per_item(facts, resp)
+            for f, r in zip(facts, self._per_item(facts, resp), strict=True):
+                results[f.key] = r
+            return
         if is_retryable_status(resp.status_code):
-            return self.all(facts, Outcome.RETRY, describe_http_error(resp),
-                            retry_after=retry_after_seconds(resp), throttled=resp.status_code == 429)
-        if len(facts) > 1:  # find the bad one(s) instead of refusing the whole batch
-            return [r for f in facts for r in self.push([f])]
-        return self.all(facts, Outcome.PERMANENT, describe_http_error(resp))
+            raise RetryLater(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
+        raise Permanent(describe_http_error(resp), status=resp.status_code)
 
     def _per_item(self, facts: list[Fact], resp: httpx.Response) -> list[PushResult]:
         try:

@@ -17,59 +17,50 @@ from typing import Any
 
 import httpx
 
-from cdc.facts import Fact, FactKey, price_fact, stock_fact
+from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import (
     Outcome,
-    Pacer,
+    Permanent,
     PushResult,
-    Sink,
-    SinkError,
+    Results,
+    RetryLater,
+    ShopSink,
     describe_http_error,
-    http_client,
-    newest_per_key,
-    send,
+    json_answer,
 )
-from sinks.base import RetryLater as _Retry
 from sinks.config import WooCommerceSinkConfig
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 100
 
 
-class _Permanent(Exception):
-    pass
-
-
-class WooCommerceSink(Sink):
+class WooCommerceSink(ShopSink):
     kind = "woocommerce"
+    platform = "WooCommerce"
+    unknown_sku = "no WooCommerce product"
     max_batch = BATCH_LIMIT
 
     def __init__(self, config: WooCommerceSinkConfig) -> None:
-        super().__init__(config)
-        self.cfg = config
-        self.base = config.url.rstrip("/") + config.api_path
         auth = httpx.BasicAuth(
             config.consumer_key.get_secret_value(), config.consumer_secret.get_secret_value()
         )
-        self.client = http_client(config, auth=auth)
-        self.pacer = Pacer(config.max_requests_per_second)
+        api = config.url.rstrip("/") + config.api_path
+        super().__init__(config, api, rate=config.max_requests_per_second, auth=auth)
+        self.cfg = config
         self.ids: dict[str, tuple[int, int, float]] = {}  # sku -> (id, parent_id, resolved_at)
-        self.stats = {"calls": 0, "throttled": 0, "lookups": 0}
+        self.stats["lookups"] = 0
 
-    def close(self) -> None:
-        self.client.close()
-
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        resp = send(self.client, self.pacer, self.stats, "WooCommerce", method, self.base + path, **kw)
-        if resp.status_code >= 400:
-            raise _Permanent(_woo_message(resp))
-        return resp
+    def refusal(self, resp: httpx.Response) -> Permanent:
+        return Permanent(_woo_message(resp), status=resp.status_code)
 
     # SKU resolution ------------------------------------------------------------------------------------
+    def known(self, sku: str) -> bool:
+        return sku in self.ids
+
     def resolve(self, skus: list[str]) -> None:
         for i in range(0, len(skus), 100):
             part = skus[i : i + 100]
-            resp = self._call(
+            resp = self.call(
                 "GET",
                 "/products",
                 params={"sku": ",".join(part), "per_page": 100, "_fields": "id,sku,parent_id,type"},
@@ -81,43 +72,22 @@ class WooCommerceSink(Sink):
                 if p.get("sku") in wanted:
                     self.ids[p["sku"]] = (int(p["id"]), int(p.get("parent_id") or 0), now)
 
-    # push --------------------------------------------------------------------------------------------
-    def push(self, facts: list[Fact]) -> list[PushResult]:
-        started = time.monotonic()
-        results: dict[FactKey, PushResult] = {}
-        todo = []
-        for f in newest_per_key(facts).values():
-            problem = self.check(f)
-            if problem:
-                results[f.key] = problem
-            else:
-                todo.append(f)
-        missing = sorted({f.sku for f in todo if f.sku not in self.ids})
-        if missing:
-            try:
-                self.resolve(missing)
-            except (_Retry, _Permanent) as e:
-                outcome = Outcome.RETRY if isinstance(e, _Retry) else Outcome.PERMANENT
-                for f in todo:
-                    results[f.key] = PushResult(
-                        f.key, outcome, f"SKU lookup failed: {e}", getattr(e, "retry_after", None)
-                    )
-                todo = []
-        by_sku: dict[str, list[Fact]] = {}
-        for f in todo:
-            if f.sku not in self.ids:
-                results[f.key] = PushResult(
-                    f.key, Outcome.PERMANENT, f"unknown SKU {f.sku!r}: no WooCommerce product"
-                )
-            else:
-                by_sku.setdefault(f.sku, []).append(f)
-        by_parent: dict[int, list[str]] = {}
-        for sku in by_sku:
-            by_parent.setdefault(self.ids[sku][1], []).append(sku)
-        for parent, skus in by_parent.items():
+    # push: hooks of Sink.push ---------------------------------------------------------------------------
+    def groups(self, facts: list[Fact]) -> Iterator[tuple[int, list[Fact]]]:
+        """One batch endpoint per parent (0: simple products), ≤ BATCH_LIMIT SKUs (items) per call."""
+        by_parent: dict[int, dict[str, list[Fact]]] = {}
+        for f in facts:
+            by_parent.setdefault(self.ids[f.sku][1], {}).setdefault(f.sku, []).append(f)
+        for parent, by_sku in by_parent.items():
+            skus = list(by_sku)
             for i in range(0, len(skus), BATCH_LIMIT):
-                self._batch(parent, skus[i : i + BATCH_LIMIT], by_sku, results, started)
-        return [results[f.key] for f in facts]
+                yield parent, [f for s in skus[i : i + BATCH_LIMIT] for f in by_sku[s]]
+
+    def write(self, group: int, facts: list[Fact], results: Results, started: float) -> None:
+        by_sku: dict[str, list[Fact]] = {}
+        for f in facts:
+            by_sku.setdefault(f.sku, []).append(f)
+        self._batch(group, list(by_sku), by_sku, results, started)
 
     def check(self, f: Fact) -> PushResult | None:
         # a location must map to the product's own stock or to a stock meta field (per-location plugins)
@@ -149,30 +119,26 @@ class WooCommerceSink(Sink):
         parent: int,
         skus: list[str],
         by_sku: dict[str, list[Fact]],
-        results: dict[FactKey, PushResult],
+        results: Results,
         started: float,
     ) -> None:
         path = "/products/batch" if parent == 0 else f"/products/{parent}/variations/batch"
         try:
-            resp = self._call("POST", path, json={"update": [self._item(s, by_sku[s]) for s in skus]})
-            answers = (resp.json() or {}).get("update") or []
-        except _Retry as e:
-            for s in skus:
-                for f in by_sku[s]:
-                    results[f.key] = PushResult(f.key, Outcome.RETRY, str(e), e.retry_after, e.throttled)
-            return
-        except (_Permanent, ValueError) as e:
-            if len(skus) > 1:  # refused as a whole: isolate the item it objects to
-                half = len(skus) // 2
-                self._batch(parent, skus[:half], by_sku, results, started)
-                self._batch(parent, skus[half:], by_sku, results, started)
-                return
-            for f in by_sku[skus[0]]:
-                results[f.key] = PushResult(f.key, Outcome.PERMANENT, str(e))
+            resp = self.call("POST", path, json={"update": [self._item(s, by_sku[s]) for s in skus]})
+            answers = (json_answer(resp) or {}).get("update") or []
+        except (RetryLater, Permanent) as e:
+            # refused as a whole: bisect the SKUs to isolate the item it objects to
+            self.settle(
+                e,
+                [f for s in skus for f in by_sku[s]],
+                results,
+                units=skus,
+                resend=lambda part: self._batch(parent, part, by_sku, results, started),
+            )
             return
         by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
         for n, s in enumerate(skus):
-            pid = self.ids[s][0]
+            pid, _parent, resolved_at = self.ids[s]
             answer = by_id.get(pid) or (answers[n] if n < len(answers) else None)
             for f in by_sku[s]:
                 if answer is None:
@@ -182,11 +148,9 @@ class WooCommerceSink(Sink):
                 elif "error" in answer:
                     err = answer["error"] or {}
                     msg = f"{err.get('code')}: {err.get('message')}"
-                    if err.get("code") == "woocommerce_rest_product_invalid_id" and self.ids[s][2] < started:
-                        self.ids.pop(s, None)  # cached id went away; re-resolve on the retry
-                        results[f.key] = PushResult(
-                            f.key, Outcome.RETRY, f"stale id cache for {s!r}: {msg}", 0.0
-                        )
+                    if err.get("code") == "woocommerce_rest_product_invalid_id":
+                        # a cached id that went away is forgotten: re-resolved on the retry
+                        results[f.key] = self.stale_or_refused(f, self.ids, resolved_at, started, msg)
                     else:
                         results[f.key] = PushResult(f.key, Outcome.PERMANENT, msg)
                 else:
@@ -196,23 +160,11 @@ class WooCommerceSink(Sink):
     def _pages(self, path: str) -> Iterator[dict[str, Any]]:
         page = 1
         while True:
-            resp = self._retrying(lambda p=page: self._call("GET", path, params={"per_page": 100, "page": p}))
+            resp = self.listing(lambda p=page: self.call("GET", path, params={"per_page": 100, "page": p}))
             yield from resp.json()
             if page >= int(resp.headers.get("X-WP-TotalPages") or 1):
                 return
             page += 1
-
-    def _retrying(self, call: Any, attempts: int = 5) -> httpx.Response:
-        for attempt in range(1, attempts + 1):
-            try:
-                return call()  # type: ignore[no-any-return]
-            except _Retry as e:
-                if attempt == attempts:
-                    raise SinkError(f"WooCommerce kept failing: {e}") from None
-                time.sleep(min(e.retry_after or 0.5 * attempt, 10.0))
-            except _Permanent as e:
-                raise SinkError(str(e)) from None
-        raise AssertionError
 
     def snapshot(self) -> Iterator[Fact]:
         for p in self._pages("/products"):

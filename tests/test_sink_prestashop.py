@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import httpx
 
+from cdc.facts import Fact, price_fact, stock_fact
+from sinks.base import Outcome
 from tests.sink_contract import check_contract, check_faults, check_secrets, shop
 
 KIND = "prestashop"
@@ -40,3 +44,27 @@ def test_emulator_rejects_wrong_shapes() -> None:
         )
         assert r.json() == []
         assert emu.state()["stock"]["SKU-000000"]["madrid"] == 0
+
+
+def test_a_recreated_product_is_retried_under_its_new_id() -> None:
+    """The cached id of a SKU went away (product deleted and recreated): its facts are written one after
+    the other (concurrency 1); the first finds the id stale and forgets it, the next ones still use the id
+    read before (push used to raise KeyError), and the retry resolves the new id."""
+    with shop(KIND, skus=10, sink_over={"concurrency": 1}) as (emu, sink):
+
+        def facts(v: int) -> list[Fact]:
+            return [price_fact("SKU-000001", "RETAIL", Decimal(v), "EUR", version=v + 1),
+                    stock_fact("SKU-000001", "madrid", v, version=v)]
+
+        assert [r.outcome for r in sink.push(facts(1))] == [Outcome.OK] * 2
+        with emu.lock:
+            products = emu.products  # type: ignore[attr-defined]
+            products[99] = dict(products.pop(2), id=99)
+            for row in emu.stock.values():  # type: ignore[attr-defined]
+                if row["id_product"] == 2:
+                    row["id_product"] = 99
+        res = sink.push(facts(10))
+        assert res[0].outcome is Outcome.RETRY and "stale id cache" in res[0].message, res
+        assert res[1].outcome is not Outcome.PERMANENT, res
+        assert [r.outcome for r in sink.push(facts(10))] == [Outcome.OK] * 2
+        assert Decimal(emu.state()["prices"]["SKU-000001"]["regular"]) == 10

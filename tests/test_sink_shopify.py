@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
 
-from cdc.facts import stock_fact
+from cdc.facts import Fact, price_fact, stock_fact
 from sinks.base import Outcome
 from tests.sink_contract import (
     assert_state,
@@ -136,3 +137,36 @@ def test_snapshot_modes(mode: str) -> None:
         for f in facts:
             got = snap[f.key]
             assert got.available == f.available if f.kind == "stock" else got.amount == Decimal(f.amount)
+
+
+def _recreate(emu: Any, sku: str, new: int) -> None:
+    """Delete the SKU's variant and create it again under new variant, product and inventory item ids."""
+    with emu.lock:
+        v = emu.variants.pop(emu.by_sku[sku])
+        emu.variants[new] = dict(v, item=new, product=new)
+        emu.by_sku[sku] = new
+        emu.item_to_variant = {x["item"]: k for k, x in emu.variants.items()}
+        for loc in emu.locations:
+            emu.levels[(new, loc)] = {"available": 0, "on_hand": 0}
+
+
+@pytest.mark.parametrize("kinds", [("stock", "price"), ("price",)])
+def test_a_recreated_variant_is_retried_under_its_new_ids(kinds: tuple[str, ...]) -> None:
+    """The cached ids of a SKU went away (variant deleted and recreated): the first answer naming them
+    forgets them, and every fact of that SKU in the push is retried (push used to raise KeyError on the
+    prices after the stock, and to dead-letter the SKU's other locations); the retry resolves the new ids."""
+    with shop(KIND, skus=10) as (emu, sink):
+
+        def facts(v: int) -> list[Fact]:
+            stock = [stock_fact("SKU-000001", loc, v, version=v) for loc in ("madrid", "milan", "paris")]
+            prices = [price_fact("SKU-000001", "RETAIL", Decimal(v), "EUR", version=v + 1),
+                      price_fact("SKU-000001", "LIST", Decimal(v + 1), "EUR", version=v + 2)]
+            return (stock if "stock" in kinds else []) + prices
+
+        assert {r.outcome for r in sink.push(facts(1))} == {Outcome.OK}
+        _recreate(emu, "SKU-000001", 9999)
+        res = sink.push(facts(10))
+        assert {r.outcome for r in res} == {Outcome.RETRY}, res
+        assert all("stale id cache" in r.message and r.retry_after == 0.0 for r in res)
+        assert {r.outcome for r in sink.push(facts(10))} == {Outcome.OK}
+        assert emu.state()["prices"]["SKU-000001"]["regular"] == "10.00"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import httpx
 
+from cdc.facts import Fact, price_fact, stock_fact
+from sinks.base import Outcome
 from tests.sink_contract import check_contract, check_faults, check_secrets, shop
 
 KIND = "woocommerce"
@@ -45,3 +49,26 @@ def test_rate_limit_paced_without_429() -> None:
 
         deliver(sink, make_facts(KIND, 200))
         assert emu.stats["throttled"] == 0
+
+
+def test_a_recreated_product_is_retried_under_its_new_id() -> None:
+    """The cached id of a SKU went away (product deleted and recreated): each of its facts is retried, and
+    the retry resolves the new id (push used to raise KeyError on the SKU's second fact)."""
+    with shop(KIND, skus=10) as (emu, sink):
+
+        def facts(v: int) -> list[Fact]:
+            return [stock_fact("SKU-000001", "madrid", v, version=v),
+                    price_fact("SKU-000001", "RETAIL", Decimal(v), "EUR", version=v + 1)]
+
+        assert [r.outcome for r in sink.push(facts(1))] == [Outcome.OK] * 2
+        with emu.lock:
+            products = emu.products  # type: ignore[attr-defined]
+            p = products.pop(emu.by_sku["SKU-000001"])  # type: ignore[attr-defined]
+            p["id"] = new = max(products) + 1
+            products[new] = p
+            emu.by_sku["SKU-000001"] = new  # type: ignore[attr-defined]
+        res = sink.push(facts(10))
+        assert [r.outcome for r in res] == [Outcome.RETRY] * 2
+        assert all("stale id cache" in r.message and r.retry_after == 0.0 for r in res)
+        assert [r.outcome for r in sink.push(facts(10))] == [Outcome.OK] * 2
+        assert emu.state()["stock"]["SKU-000001"]["madrid"] == 10
