@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from cdc.mapping.model import LookupMapping, PriceMapping, StockMapping
+from cdc.mapping.compiled import CompiledMapping
+from cdc.mapping.model import MappingSpec
 from cdc.mapping.rules import RuleError
 from cdc.sources.registry import config_classes, kinds, plugin_for
 from erpsync.logs import register_secret
@@ -71,15 +72,11 @@ class NatsBusConfig(BaseModel):
         300.0, gt=0, description="keep retrying a batch (NATS down) this long before the reader fails")
 
 
-class Config(BaseModel):
+class Config(MappingSpec):  # lookups, stock, prices: the mapping (cdc.mapping.model)
     model_config = ConfigDict(extra="forbid")
 
     source: SourceConfig = Field(discriminator="kind")
     bus: EmbeddedBusConfig | NatsBusConfig = Field(default_factory=EmbeddedBusConfig, discriminator="kind")
-    lookups: dict[str, LookupMapping] = Field(
-        default_factory=dict, description="name -> key/value table that rules read with lookup(name, expr)")
-    stock: StockMapping | None = None
-    prices: PriceMapping | None = None
     sinks: list[SinkConfig] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
@@ -172,11 +169,7 @@ def load_config_text(text: str, origin: str = "<string>") -> Config:
     if cfg.stock is None and cfg.prices is None:
         raise ConfigError(f"{origin}: stock: nothing is mapped (add a stock: or prices: block)")
     try:  # every rule must compile, and transpile for every dialect, before anything starts
-        import sqlite3
-
-        from cdc.normalize.normalizer import normalizer_for
-
-        normalizer_for(cfg, sqlite3.connect(":memory:"))
+        CompiledMapping.of(cfg)
     except RuleError as e:
         raise ConfigError(f"{origin}: {e}") from None
     register_secrets(cfg)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cdc.mapping.compiled import CompiledMapping
 from cdc.mapping.schema_check import SchemaError, check_rules
-from cdc.normalize.normalizer import normalizer_for
 from cdc.sources.admin import ConnectError, first_line
 from cdc.sources.registry import plugin_for
 from erpsync.config import Config
@@ -24,28 +24,22 @@ def dialect(cfg: Config) -> str:
 
 def check_mapping(cfg: Config, conn: Any | None = None) -> None:
     """Refuse a mapping whose table, columns or types do not fit the live ERP schema (SchemaError)."""
-    import sqlite3
-
     own = conn is None
     conn = conn or connect(cfg)
     try:
         from cdc.mapping.snapshot_sql import facts_select
 
         d = dialect(cfg)
-        norm = normalizer_for(cfg, sqlite3.connect(":memory:"))
+        norm = CompiledMapping.of(cfg)
         for name, lk in norm.lookups.items():
             rules = [lk.value, *([lk.filter] if lk.filter else [])]
             check_rules(conn, d, lk.table, f"lookups.{name}.table", rules, numeric=[],
                         extra_columns={f"lookups.{name}.key": lk.key})
         # rules calling lookup() are checked with the lookup as the correlated subquery the snapshot uses
-        render = facts_select(cfg, d, normalizer=norm)  # builds (and validates) every subquery
-        for kind, table, rules, numeric in (
-                ("stock", getattr(norm, "stock_table", ""), norm.stock_rules, ("quantity", "reserved")),
-                ("price", getattr(norm, "price_table", ""), norm.price_rules, ("amount", "compare_at"))):
-            if kind in render:
-                check_rules(conn, d, table, f"{'stock' if kind == 'stock' else 'prices'}.table",
-                            list(rules.values()), numeric=[rules[n] for n in numeric if n in rules],
-                            lookup_sql=_lookup_renderer(cfg, norm, d))
+        render = facts_select(norm, d)  # builds (and validates) every subquery
+        for block in norm.blocks:
+            check_rules(conn, d, block.table, f"{block.path}.table", list(block.rules.values()),
+                        numeric=block.numeric, lookup_sql=_lookup_renderer(cfg, norm, d))
         with conn.cursor() as cur:  # the whole snapshot SELECT must run too (types of CASE, windows...)
             for kind, sql in render.items():
                 try:
@@ -61,13 +55,13 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
 
 
 def _lookup_renderer(cfg: Config, norm: Any, d: str) -> Any:
-    from cdc.mapping.snapshot_sql import _Builder
+    from cdc.mapping.snapshot_sql import SnapshotSQL
 
-    return _Builder(norm, d).lookup_sql
+    return SnapshotSQL(norm, d).lookup_sql
 
 
 def _reset(conn: Any) -> None:
-    from cdc.mapping.schema_check import _reset as reset
+    from cdc.mapping.schema_check import rollback_quietly as reset
 
     reset(conn)
 

@@ -1,8 +1,17 @@
+import re
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cdc.mapping.compiled import CompiledMapping
+from cdc.mapping.model import MappingSpec, StockMapping
 from cdc.mapping.rules import Rule, RuleError
+from erpsync.config import load_config_text
+
+ROOT = Path(__file__).resolve().parent.parent
+STOCK = StockMapping(table="stock", sku="sku", warehouse="wh", quantity="qty", locations={"W1": "madrid"})
 
 
 def test_arithmetic_and_null_semantics():
@@ -44,3 +53,36 @@ def test_bad_rules_name_their_yaml_path(text):
 def test_injection_through_column_name_is_quoted():
     r = Rule('"a""; DROP TABLE x; --"', "stock.sku")
     assert 'DROP TABLE' in r.sql("postgres") and r.sql("postgres").startswith('"a""')
+
+
+# the compiled mapping ---------------------------------------------------------------------------------
+def _example(name: str, **env: str) -> Any:
+    text = (ROOT / "config" / name).read_text()
+    for k, v in env.items():
+        text = text.replace("${" + k + "}", v)
+    return load_config_text(text)
+
+
+def test_compiled_mapping_reads_every_table_in_the_sources_schema():
+    odoo = CompiledMapping.of(_example("odoo-postgres.yaml", ERP_DSN="postgresql://x"))
+    assert odoo.tables[:3] == ["public.product_product", "public.stock_location", "public.product_pricelist"]
+    assert odoo.tables[-2:] == ["public.stock_quant", "public.product_pricelist_item"]  # lookups first
+    dolibarr = CompiledMapping.of(_example("dolibarr-mariadb.yaml", ERP_PASSWORD="pw-rules-only-9f2c"))
+    assert dolibarr.stock is not None and dolibarr.stock.table == "dolibarr.llx_product_stock"
+    assert CompiledMapping.of(MappingSpec(stock=STOCK)).tables == ["public.stock"]  # no source: public
+
+
+def test_lookups_on_one_key_expression_share_their_dep():
+    stock = CompiledMapping.of(_example("odoo-postgres.yaml", ERP_DSN="postgresql://x")).stock
+    assert stock is not None and len(stock.lookup_calls) == 4  # sku, warehouse, filter, per-SKU safety
+    assert [src for src, _ in stock.dep_keys] == ["public.product_product:id", "public.stock_location:id"]
+
+
+@pytest.mark.parametrize(("change", "path"), [
+    ({"sku": "lookup(nope, item)"}, "stock.sku: lookup 'nope' is not declared"),
+    ({"safety_stock": {"paris": 1}}, "stock.safety_stock: 'paris'"),
+    ({"quantity": "qty +"}, "stock.quantity: cannot parse"),
+])
+def test_compiling_refuses_naming_the_yaml_path(change, path):
+    with pytest.raises(RuleError, match=re.escape(path)):
+        CompiledMapping(MappingSpec(stock=STOCK.model_copy(update=change)))

@@ -1,1 +1,2 @@
-"""The mapping: its YAML model, rules (sqlglot), the snapshot SQL built from them, schema checks."""
+"""The mapping: its YAML model, rules (sqlglot), the mapping compiled once (compiled.py), the snapshot SQL
+built from it, schema checks."""

@@ -1,8 +1,9 @@
 """The declarative mapping (``lookups:`` / ``stock:`` / ``prices:`` blocks): pydantic models only.
 
-Rules are small SQL expressions (sqlglot); cdc.rules compiles them for streamed rows and transpiles them
-for snapshot / reconcile SELECTs. A rule may call ``lookup(name, expr)`` to resolve a key through another
-ERP table declared under ``lookups:`` (kept current from the same change stream).
+Rules are small SQL expressions (sqlglot); cdc.mapping.compiled compiles them (cdc.mapping.rules) for
+streamed rows and transpiles them for snapshot / reconcile SELECTs. A rule may call ``lookup(name, expr)``
+to resolve a key through another ERP table declared under ``lookups:`` (kept current from the same change
+stream).
 """
 
 from __future__ import annotations
@@ -96,3 +97,13 @@ class PriceMapping(_Strict):
         if erp_list is None:
             return None
         return self.list_map.get(str(erp_list)) if self.list_map else str(erp_list)
+
+
+class MappingSpec(_Strict):
+    """What is mapped: the ``lookups:``, ``stock:`` and ``prices:`` blocks. erpsync's Config extends it with
+    the source, sinks and the rest; ``CompiledMapping`` compiles it."""
+
+    lookups: dict[str, LookupMapping] = Field(
+        default_factory=dict, description="name -> key/value table that rules read with lookup(name, expr)")
+    stock: StockMapping | None = None
+    prices: PriceMapping | None = None

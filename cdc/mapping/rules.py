@@ -7,6 +7,7 @@ SQL NULL semantics hold on the Python side: arithmetic and comparisons with NULL
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -22,7 +23,9 @@ class RuleError(ValueError):
     """A rule that cannot be parsed, compiled or transpiled; the message names its YAML path."""
 
 
-def _num(v: Any) -> Any:
+def to_number(v: Any) -> Any:
+    """A value as rules compute with it: float → its exact Decimal, bool → int, numeric text → Decimal
+    (ValueError otherwise); anything else as it is."""
     if isinstance(v, float):
         return Decimal(repr(v))
     if isinstance(v, bool):
@@ -36,29 +39,29 @@ def _num(v: Any) -> Any:
 
 
 def _add(a: Any, b: Any) -> Any:
-    return None if a is None or b is None else _num(a) + _num(b)
+    return None if a is None or b is None else to_number(a) + to_number(b)
 
 
 def _sub(a: Any, b: Any) -> Any:
-    return None if a is None or b is None else _num(a) - _num(b)
+    return None if a is None or b is None else to_number(a) - to_number(b)
 
 
 def _mul(a: Any, b: Any) -> Any:
-    return None if a is None or b is None else _num(a) * _num(b)
+    return None if a is None or b is None else to_number(a) * to_number(b)
 
 
 def _div(a: Any, b: Any) -> Any:
     if a is None or b is None or b == 0:
         return None  # SQL would raise on /0; a rule must not stop the stream: NULL, like MySQL
-    return Decimal(_num(a)) / Decimal(_num(b))
+    return Decimal(to_number(a)) / Decimal(to_number(b))
 
 
 def _mod(a: Any, b: Any) -> Any:
-    return None if a is None or b is None or b == 0 else _num(a) % _num(b)
+    return None if a is None or b is None or b == 0 else to_number(a) % to_number(b)
 
 
 def _neg(a: Any) -> Any:
-    return None if a is None else -_num(a)
+    return None if a is None else -to_number(a)
 
 
 def _cmp(op: str) -> Callable[[Any, Any], Any]:
@@ -71,10 +74,10 @@ def _cmp(op: str) -> Callable[[Any, Any], Any]:
         if a is None or b is None:
             return None
         if isinstance(a, (int, float, Decimal)) and not isinstance(a, bool) and isinstance(b, str):
-            b = _num(b)
+            b = to_number(b)
         elif isinstance(b, (int, float, Decimal)) and not isinstance(b, bool) and isinstance(a, str):
-            a = _num(a)
-        return f(_num(a) if isinstance(a, float) else a, _num(b) if isinstance(b, float) else b)
+            a = to_number(a)
+        return f(to_number(a) if isinstance(a, float) else a, to_number(b) if isinstance(b, float) else b)
 
     return compare
 
@@ -126,26 +129,26 @@ def _trim(v: Any) -> Any:
 def _to_int(v: Any) -> Any:
     if v is None:
         return None
-    n = _num(v)
+    n = to_number(v)
     return int(n)
 
 
 def _to_dec(v: Any) -> Any:
-    return None if v is None else Decimal(_num(v))
+    return None if v is None else Decimal(to_number(v))
 
 
 def _greatest(*xs: Any) -> Any:
-    vals = [_num(x) for x in xs if x is not None]
+    vals = [to_number(x) for x in xs if x is not None]
     return max(vals) if vals else None
 
 
 def _least(*xs: Any) -> Any:
-    vals = [_num(x) for x in xs if x is not None]
+    vals = [to_number(x) for x in xs if x is not None]
     return min(vals) if vals else None
 
 
 def _abs(v: Any) -> Any:
-    return None if v is None else abs(_num(v))
+    return None if v is None else abs(to_number(v))
 
 
 def _round(v: Any, places: Any = 0) -> Any:
@@ -153,7 +156,7 @@ def _round(v: Any, places: Any = 0) -> Any:
         return None
     from decimal import ROUND_HALF_UP
 
-    return Decimal(_num(v)).quantize(Decimal(1).scaleb(-int(places or 0)), rounding=ROUND_HALF_UP)
+    return Decimal(to_number(v)).quantize(Decimal(1).scaleb(-int(places or 0)), rounding=ROUND_HALF_UP)
 
 
 def _in(v: Any, *xs: Any) -> Any:
@@ -193,7 +196,8 @@ class Rule:
         if self.tree is None or isinstance(self.tree, (exp.Select, exp.Query, exp.Command)):
             raise RuleError(f"{path}: rule {self.text!r} must be an expression, not a statement")
         self.columns: list[str] = []
-        # lookup(name, expr) calls: (name, compiled key expression); the normalizer resolves them
+        # lookup(name, expr) calls: (name, compiled key expression; one function object per distinct
+        # expression, shared by all rules); the normalizer resolves them
         self.lookups: list[tuple[str, Callable[[dict[str, Any]], Any]]] = []
         self._in_lookup = False
         code = self._py(self.tree)
@@ -253,19 +257,7 @@ class Rule:
         if isinstance(node, exp.Paren):
             return self._py(node.this)
         if _is_lookup(node):
-            if self._in_lookup:
-                raise RuleError(f"{self.path}: nested lookup() in {self.text!r} is not supported")
-            if len(node.expressions) != 2:
-                raise RuleError(f"{self.path}: lookup() takes (name, expression) in {self.text!r}")
-            try:
-                name = _lookup_name(node)
-            except ValueError as e:
-                raise RuleError(f"{self.path}: {e} in {self.text!r}") from None
-            self._in_lookup = True
-            key = self._py(node.expressions[1])
-            self._in_lookup = False
-            self.lookups.append((name, eval(f"lambda r: {key}", dict(HELPERS))))
-            return f"_L({name!r}, {key})"
+            return self._py_lookup(node)
         if isinstance(node, exp.Column):
             if node.table:
                 raise RuleError(f"{self.path}: {node.sql()!r}: write plain column names (rules read one row)")
@@ -304,6 +296,30 @@ class Rule:
         if isinstance(node, exp.Between):
             v, lo, hi = (self._py(node.this), self._py(node.args["low"]), self._py(node.args["high"]))
             return f"_and(_ge({v}, {lo}), _le({v}, {hi}))"
+        code = self._py_function(node)
+        if code is not None:
+            return code
+        raise RuleError(f"{self.path}: {type(node).__name__} ({node.sql()!r}) is not supported in rules; "
+                        "use columns, literals, + - * /, CASE, COALESCE, comparisons, AND/OR/NOT, "
+                        "IN, BETWEEN, LOWER/UPPER/TRIM, ||, CAST, GREATEST/LEAST, ABS, ROUND")
+
+    def _py_lookup(self, node: exp.Expression) -> str:
+        if self._in_lookup:
+            raise RuleError(f"{self.path}: nested lookup() in {self.text!r} is not supported")
+        if len(node.expressions) != 2:
+            raise RuleError(f"{self.path}: lookup() takes (name, expression) in {self.text!r}")
+        try:
+            name = _lookup_name(node)
+        except ValueError as e:
+            raise RuleError(f"{self.path}: {e} in {self.text!r}") from None
+        self._in_lookup = True
+        key = self._py(node.expressions[1])
+        self._in_lookup = False
+        self.lookups.append((name, _row_function(key)))
+        return f"_L({name!r}, {key})"
+
+    def _py_function(self, node: exp.Expression) -> str | None:
+        """Functions, CASE / IF and CAST; None: not one of those."""
         if isinstance(node, exp.Coalesce):
             args = [node.this, *node.expressions]
             return f"_coalesce({', '.join(self._py(a) for a in args)})"
@@ -344,9 +360,15 @@ class Rule:
             if to in _TEXT_TYPES:
                 return f"_text({inner})"
             raise RuleError(f"{self.path}: CAST to {to} is not supported in {self.text!r}")
-        raise RuleError(f"{self.path}: {type(node).__name__} ({node.sql()!r}) is not supported in rules; "
-                        "use columns, literals, + - * /, CASE, COALESCE, comparisons, AND/OR/NOT, "
-                        "IN, BETWEEN, LOWER/UPPER/TRIM, ||, CAST, GREATEST/LEAST, ABS, ROUND")
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_function(code: str) -> Callable[[dict[str, Any]], Any]:
+    """``lambda r: <code>``, one function object per code: lookup() calls on the same key expression
+    share theirs (the normalizer evaluates each distinct key once per row)."""
+    fn: Callable[[dict[str, Any]], Any] = eval(f"lambda r: {code}", dict(HELPERS))
+    return fn
 
 
 def _no_lookup(name: str, key: Any) -> Any:

@@ -42,7 +42,7 @@ def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: lis
         try:
             cur.execute(f"SELECT 1 FROM {tsql} WHERE 1 = 0")
         except Exception as e:
-            _reset(conn)
+            rollback_quietly(conn)
             raise SchemaError(f"{table_path}: table {table} not found or not readable: {_msg(e)}") from None
         cur.execute(f"SELECT * FROM {tsql} WHERE 1 = 0")
         columns = [d[0].lower() for d in cur.description or []]
@@ -58,7 +58,7 @@ def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: lis
             try:
                 cur.execute(f"SELECT {rule.sql(dialect, 't', lookup_sql)} FROM {tsql} AS t WHERE 1 = 0")
             except Exception as e:
-                _reset(conn)
+                rollback_quietly(conn)
                 raise SchemaError(f"{rule.path}: {rule.text!r} does not work on {table}: {_msg(e)}") from None
             if rule in numeric:
                 code = cur.description[0][1] if cur.description else None
@@ -68,7 +68,9 @@ def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: lis
                                       f"but gives a non-numeric type (code {code}); cast it")
 
 
-def _reset(conn: Any) -> None:
+def rollback_quietly(conn: Any) -> None:
+    """Roll back the failed statement's transaction (PostgreSQL refuses further statements until then);
+    a connection that cannot roll back (autocommit, closed) is left as it is."""
     with contextlib.suppress(Exception):
         conn.rollback()
 

@@ -13,39 +13,38 @@ database's CURRENT_TIMESTAMP; use a session in that zone for timestamptz columns
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlglot import exp
 
+from cdc.mapping.compiled import CompiledMapping, PriceRules, StockRules
+from cdc.mapping.model import MappingSpec, PriceMapping
 from cdc.mapping.rules import Rule
 from cdc.mapping.schema_check import table_sql
-from cdc.normalize.normalizer import Normalizer, normalizer_for
 
 
 def facts_select(
-    cfg: Any, dialect: str, now: float | None = None, normalizer: Normalizer | None = None
+    mapping: MappingSpec | CompiledMapping, dialect: str, now: float | None = None
 ) -> dict[str, str]:
-    """{"stock": sql, "price": sql} (only the kinds the config maps) for postgres, mysql or duckdb."""
-    import sqlite3
-
-    n = normalizer or normalizer_for(cfg, sqlite3.connect(":memory:"))
-    b = _Builder(n, dialect)
+    """{"stock": sql, "price": sql} (only the kinds the mapping maps) for postgres, mysql or duckdb."""
+    b = SnapshotSQL(CompiledMapping.of(mapping), dialect)
     out: dict[str, str] = {}
-    if n.stock_map is not None:
-        out["stock"] = b.stock()
-    if n.price_map is not None:
-        out["price"] = b.price(now)
+    if b.m.stock is not None:
+        out["stock"] = b.stock(b.m.stock)
+    if b.m.prices is not None:
+        out["price"] = b.price(b.m.prices, now)
     return out
 
 
-class _Builder:
-    def __init__(self, n: Normalizer, dialect: str) -> None:
-        self.n, self.d = n, dialect
+class SnapshotSQL:
+    """The SQL of one compiled mapping for one dialect. ``lookup_sql`` renders a ``lookup()`` call as the
+    correlated subquery the snapshot uses (schema checks run rules with it too)."""
+
+    def __init__(self, mapping: CompiledMapping, dialect: str) -> None:
+        self.m, self.d = mapping, dialect
         self._seq = 0
 
     def lookup_sql(self, name: str, key: exp.Expression) -> exp.Expression:
-        lk = self.n.lookups[name]
+        lk = self.m.lookups[name]
         self._seq += 1
         alias = f"lk{self._seq}"
         cond: exp.Expression = exp.EQ(this=exp.column(lk.key, alias, quoted=True), expression=key.copy())
@@ -72,9 +71,8 @@ class _Builder:
     def table(self, name: str) -> str:
         return f"{table_sql(name, self.d)} AS t"
 
-    def stock(self) -> str:
-        n, m, r = self.n, self.n.stock_map, self.n.stock_rules
-        assert m is not None
+    def stock(self, block: StockRules) -> str:
+        m, r = block.spec, block.rules
         qty = f"COALESCE({self.r(r['quantity'])}, 0)"
         if "reserved" in r:
             qty += f" - COALESCE({self.r(r['reserved'])}, 0)"
@@ -91,7 +89,7 @@ class _Builder:
             loc_safety = str(m.safety_stock)
         inner = (
             f"SELECT {self.text(r['sku'])} AS sku, {self.case(self.text(r['warehouse']), m.locations)} "
-            f"AS location, {qty} AS qty, {safety} AS safety FROM {self.table(n.stock_table)}{where}"
+            f"AS location, {qty} AS qty, {safety} AS safety FROM {self.table(block.table)}{where}"
         )
         return (
             f"SELECT sku, location, GREATEST(FLOOR(SUM(qty) - MAX(safety)) - {loc_safety}, 0) AS available "
@@ -99,9 +97,7 @@ class _Builder:
             f"GROUP BY sku, location"
         )
 
-    def rounded(self, rule: Rule) -> str:
-        m = self.n.price_map
-        assert m is not None
+    def rounded(self, m: PriceMapping, rule: Rule) -> str:
         x, p = f"({self.r(rule)})", m.rounding.places
         scale = f"{10**p}"
         expr = {
@@ -113,17 +109,16 @@ class _Builder:
         }[m.rounding.mode]
         return f"CAST({expr} AS DECIMAL(38, {p}))"
 
-    def price(self, now: float | None) -> str:
-        n, m, r = self.n, self.n.price_map, self.n.price_rules
-        assert m is not None
+    def price(self, block: PriceRules, now: float | None) -> str:
+        m, r = block.spec, block.rules
         plist = self.text(r["price_list"])
         if m.list_map:
             plist = self.case(plist, m.list_map)
-        cmp = self.rounded(r["compare_at"]) if "compare_at" in r else "NULL"
+        cmp = self.rounded(m, r["compare_at"]) if "compare_at" in r else "NULL"
         cols = [
             f"{self.text(r['sku'])} AS sku",
             f"{plist} AS price_list",
-            f"{self.rounded(r['amount'])} AS amount",
+            f"{self.rounded(m, r['amount'])} AS amount",
             f"{self.text(r['currency'])} AS currency",
             f"{cmp} AS compare_at",
         ]
@@ -131,7 +126,7 @@ class _Builder:
         if now is None:
             now_sql = "CURRENT_TIMESTAMP"
         else:
-            local = datetime.fromtimestamp(now, ZoneInfo(m.timezone)).replace(tzinfo=None)
+            local = datetime.fromtimestamp(now, block.tz).replace(tzinfo=None)
             now_sql = f"TIMESTAMP '{local.isoformat(sep=' ', timespec='microseconds')}'"
         order = []
         if "valid_from" in r:
@@ -143,7 +138,7 @@ class _Builder:
             conds.append(f"(vto IS NULL OR vto > {now_sql})")
         order += ["amount", "COALESCE(currency, '')"]
         where = f" WHERE ({self.r(r['filter'])})" if "filter" in r else ""
-        lines = f"SELECT {', '.join(cols)} FROM {self.table(n.price_table)}{where}"
+        lines = f"SELECT {', '.join(cols)} FROM {self.table(block.table)}{where}"
         ranked = (
             f"SELECT sku, price_list, amount, currency, compare_at, ROW_NUMBER() OVER (PARTITION BY sku, "
             f"price_list ORDER BY {', '.join(order)}) AS rn FROM ({lines}) AS l WHERE {' AND '.join(conds)}"
