@@ -19,6 +19,7 @@ from cdc.mapping.snapshot_sql import facts_select
 from cdc.normalize.normalizer import normalizer_for
 from cdc.outbox.store import Outbox
 from erpsync.config import load_config_text
+from tests.fixtures_mariadb import USER_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -188,7 +189,7 @@ class MariaHarness(_Harness):
         self._q(f"USE `{db}`")
         for stmt in self.schema_stmts:
             self._q(stmt)
-        text = self.text.replace("${ERP_PASSWORD}", "erpsync").replace("${ERP_DATABASE:-dolibarr}", db)
+        text = self.text.replace("${ERP_PASSWORD}", USER_PASSWORD).replace("${ERP_DATABASE:-dolibarr}", db)
         self.cfg = load_config_text(text.replace("${ERP_PORT:-3306}", str(self.server.port)), "<test>")
         self.outbox = Outbox(self.tmp / f"m{self.n}.db", {}, durable=False)
         self.norm = normalizer_for(self.cfg, self.outbox.conn, clock=lambda: self.now)

@@ -17,6 +17,7 @@ from cdc.sources.mysql.connection import classify
 from cdc.sources.mysql.replication import MySQLSource
 from erpsync.testing import free_port
 from erpsync.testing.mariadb import ThrowawayMariaDB
+from tests.fixtures_mariadb import USER_PASSWORD
 
 
 def lost_by_text(msg: str) -> bool:
@@ -46,7 +47,7 @@ def sources() -> Iterator[Callable[..., MySQLSource]]:
     made: list[MySQLSource] = []
 
     def make(**kw: Any) -> MySQLSource:
-        s = MySQLSource(MySQLSourceConfig(**{"user": "erpsync", "password": "erpsync", **kw}), ["t"])
+        s = MySQLSource(MySQLSourceConfig(**{"user": "erpsync", "password": USER_PASSWORD, **kw}), ["t"])
         made.append(s)
         return s
 

@@ -16,10 +16,11 @@ from cdc.sources.config import MySQLSourceConfig
 from cdc.sources.mysql.position import BinlogPosition
 from cdc.sources.mysql.replication import MAX_CHUNK, MySQLSource
 from erpsync.testing.mariadb import ThrowawayMariaDB
+from tests.fixtures_mariadb import USER_PASSWORD
 
 
 def cfg(server: ThrowawayMariaDB, db: str, **kw: Any) -> MySQLSourceConfig:
-    base: dict[str, Any] = {"port": server.port, "user": "erpsync", "password": "erpsync", "database": db}
+    base: dict[str, Any] = {"port": server.port, "user": "erpsync", "password": USER_PASSWORD, "database": db}
     return MySQLSourceConfig(**{**base, **kw})
 
 
