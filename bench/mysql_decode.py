@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.replication import MySQLSource
 from erpsync.testing.mariadb import ThrowawayMariaDB
 

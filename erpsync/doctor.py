@@ -14,7 +14,7 @@ from erpsync.config import Config
 
 def mapped_tables(cfg: Config) -> list[str]:
     """Fully qualified tables the mapping reads (``schema.table``; the database for MySQL)."""
-    from cdc.normalize.normalizer import table_name
+    from cdc.mapping.compiled import table_name
 
     default = plugin_for(cfg.source.kind).default_schema(cfg.source)
     return [table_name(cfg.stock.table, default)] if cfg.stock else []

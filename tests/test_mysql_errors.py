@@ -12,7 +12,7 @@ import pymysql
 import pytest
 
 from cdc.changes import SourceError, SourceMisconfigured, SourceUnavailable
-from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.connection import classify
 from cdc.sources.mysql.replication import MySQLSource
 from erpsync.testing import free_port

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cdc.changes import Chunk, SourceMisconfigured
-from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.position import BinlogPosition
 from cdc.sources.mysql.replication import MAX_CHUNK, MySQLSource
 from erpsync.testing.mariadb import ThrowawayMariaDB

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from cdc.changes import RowChange
 from cdc.facts import Fact
-from cdc.mapping.compiled import CompiledMapping, table_name
+from cdc.mapping.compiled import CompiledMapping
 from cdc.mapping.model import MappingSpec
 from cdc.normalize.lookups import LookupStrategy
 from cdc.normalize.prices import PriceStrategy
@@ -26,7 +26,7 @@ from cdc.normalize.rows import RowStrategy, Touched
 from cdc.normalize.state import StateStore
 from cdc.normalize.stock import StockStrategy
 
-__all__ = ["Normalizer", "normalizer_for", "table_name"]  # table_name: erpsync.setup_sql reads it here
+__all__ = ["Normalizer", "normalizer_for"]
 
 
 class Strategy(Protocol):

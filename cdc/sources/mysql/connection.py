@@ -16,7 +16,7 @@ from typing import Any
 import pymysql
 
 from cdc.changes import SourceError, SourceMisconfigured, SourceUnavailable
-from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.position import BinlogPosition
 
 IDLE_SECONDS = 0.25  # server heartbeat period: an empty chunk at least this often while idle

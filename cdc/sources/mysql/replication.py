@@ -30,7 +30,7 @@ from cdc.changes import (
     SourceMisconfigured,
     SourceUnavailable,
 )
-from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.connection import (
     CONNECTION_ERRORS,
     CONNECTION_LOST,

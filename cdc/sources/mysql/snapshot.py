@@ -12,7 +12,7 @@ from typing import Any
 import pymysql
 
 from cdc.changes import Chunk, Commit, RowChange, SourceMisconfigured
-from cdc.sources.config import MySQLSourceConfig
+from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.connection import connect
 from cdc.sources.mysql.decoder import ColumnInfo, TableInfo
 from cdc.sources.mysql.position import BinlogPosition
