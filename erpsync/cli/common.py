@@ -39,3 +39,14 @@ def emit_json(obj: Any) -> None:
 
     click.echo(redact(json.dumps(obj, default=str, indent=2)))
 
+
+def check_mapping_or_fail(cfg: Config, where: str) -> None:
+    """The mapping against the live ERP schema: exit 2 when it does not fit, 1 when the ERP is unreachable."""
+    from erpsync.erpdb import ConnectError, SchemaError, check_mapping
+
+    try:
+        check_mapping(cfg)
+    except SchemaError as e:
+        raise Fail(f"{where}: {e}", 2) from None
+    except ConnectError as e:
+        raise Fail(f"{where}: {e}") from None

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from erpsync.cli.common import Fail, load
+from erpsync.cli.common import check_mapping_or_fail, load
 
 
 @click.group("config")
@@ -19,16 +19,9 @@ def config_group() -> None:
 @click.option("--offline", is_flag=True, help="do not check against the live ERP schema")
 def config_validate(file: str, offline: bool) -> None:
     """Check FILE (and, unless --offline, its mapping against the live ERP schema)."""
-    from erpsync.erpdb import ConnectError, SchemaError, check_mapping
-
     cfg = load(file)
     if not offline:
-        try:
-            check_mapping(cfg)
-        except SchemaError as e:
-            raise Fail(f"{file}: {e}", 2) from None
-        except ConnectError as e:
-            raise Fail(f"{file}: {e}") from None
+        check_mapping_or_fail(cfg, file)
     click.echo(f"{file}: OK" + (" (not checked against the ERP)" if offline else ""))
 
 

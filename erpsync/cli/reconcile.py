@@ -72,20 +72,14 @@ def reconcile(ctx: click.Context, config: str, sinks: tuple[str, ...], heal: boo
     """Compare the ERP (through the mapping) with each shop, report drift, optionally heal it.
 
     Exit code: 0 no drift, 3 drift found, 1 error, 2 config."""
-    from erpsync.cli.common import Fail, load
-    from erpsync.erpdb import ConnectError, SchemaError, check_mapping
+    from erpsync.cli.common import Fail, check_mapping_or_fail, load
     from reconciler.run import reconcile as run_reconcile
 
     cfg = load(config)
     unknown = set(sinks) - {s.name for s in cfg.sinks}
     if unknown:
         raise Fail(f"{config}: sinks: no sink named {', '.join(sorted(unknown))}", 2)
-    try:
-        check_mapping(cfg)
-    except SchemaError as e:
-        raise Fail(f"{config}: {e}", 2) from None
-    except ConnectError as e:
-        raise Fail(f"{config}: {e}") from None
+    check_mapping_or_fail(cfg, config)
 
     def once() -> int:
         result = run_reconcile(cfg, sinks=list(sinks) or None, heal_drift=heal, force=force,

@@ -17,16 +17,10 @@ _NO_SQL = ("a Debezium source reads change events, not the ERP: erpsync has no c
 
 def compare_positions(a: str, b: str) -> int:
     """``nats:<seq>`` by sequence; ``kafka:{...}`` partially (a < b when no partition of a is ahead)."""
-    from cdc.sources.debezium.bridge import kafka_offsets
+    from cdc.sources.debezium.bridge import compare_kafka
 
     if a.startswith("kafka:") or b.startswith("kafka:"):
-        x, y = kafka_offsets(a), kafka_offsets(b)
-        if x == y:
-            return 0
-        keys = set(x) | set(y)
-        if all(x.get(k, -1) <= y.get(k, -1) for k in keys):
-            return -1
-        return 1 if all(x.get(k, -1) >= y.get(k, -1) for k in keys) else 0
+        return compare_kafka(a, b)
     s, t = (int(p.split(":", 1)[1]) if p.startswith("nats:") else 0 for p in (a, b))
     return (s > t) - (s < t)
 

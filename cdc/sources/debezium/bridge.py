@@ -148,6 +148,19 @@ def kafka_offsets(position: str) -> dict[tuple[str, int], int]:
     return out
 
 
+def compare_kafka(a: str, b: str) -> int:
+    """Partial order: a < b when no partition of a is ahead of b (incomparable maps compare equal)."""
+    x, y = kafka_offsets(a), kafka_offsets(b)
+    if x == y:
+        return 0
+    keys = set(x) | set(y)
+    if all(x.get(k, -1) <= y.get(k, -1) for k in keys):
+        return -1
+    if all(x.get(k, -1) >= y.get(k, -1) for k in keys):
+        return 1
+    return 0
+
+
 class KafkaTransport:
     """confluent-kafka consumer, auto-commit off. Offsets are committed (last processed + 1) only for
     positions the outbox holds; on (re)assignment a partition resumes after the outbox's stored offset, so
@@ -208,16 +221,7 @@ class KafkaTransport:
         return 0  # needs the broker's high watermarks per partition; not tracked here
 
     def compare(self, a: str, b: str) -> int:
-        """Partial order: a < b when no partition of a is ahead of b (incomparable maps compare equal)."""
-        x, y = kafka_offsets(a), kafka_offsets(b)
-        if x == y:
-            return 0
-        keys = set(x) | set(y)
-        if all(x.get(k, -1) <= y.get(k, -1) for k in keys):
-            return -1
-        if all(x.get(k, -1) >= y.get(k, -1) for k in keys):
-            return 1
-        return 0
+        return compare_kafka(a, b)
 
     def close(self) -> None:
         self.consumer.close()
