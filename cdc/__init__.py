@@ -1,1 +1,2 @@
-"""Change data capture: log readers (sources), the normalizing layer and the outbox."""
+"""The ERP side and the ground every other package stands on: the contracts (facts, changes), the mapping,
+the normalizer, one folder per ERP database (sources/) and the outbox. Imports nothing above it."""

@@ -1,5 +1,5 @@
 """The Debezium bridge (``source: {kind: debezium}``): Debezium JSON change events from a NATS JetStream
-subject or from Kafka topics, decoded by cdc.debezium_decode and fed to the normalizer.
+subject or from Kafka topics, decoded by cdc.sources.debezium.decoder and fed to the normalizer.
 
 Positions are the transport's: ``nats:<stream seq>`` or ``kafka:{"topic/partition": offset, ...}``; the
 ERP-side position of each row (LSN, binlog file:pos / GTID) is in its SourceInfo. ``ack`` acknowledges
