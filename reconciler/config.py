@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class EmailConfig(BaseModel):
+    """SMTP settings. TLS is on by default and verified (system CA store, or ``ca_file``): implicit TLS on
+    port 465, STARTTLS (required, never skipped) on any other port. Cleartext needs ``starttls: false``, and
+    sending the password over it also ``allow_cleartext_password: true``."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     to: list[str] = Field(min_length=1, description="recipients of the drift report")
@@ -16,10 +21,30 @@ class EmailConfig(BaseModel):
     smtp_port: int = Field(25, gt=0, lt=65536)
     username: str | None = None
     password: SecretStr | None = Field(None, description="use ${SMTP_PASSWORD}: never write it in the file")
-    starttls: bool = Field(False, description="upgrade the connection with STARTTLS before logging in")
-    ssl: bool = Field(False, description="implicit TLS (port 465)")
+    starttls: bool = Field(True, description="require STARTTLS before logging in and sending (false: "
+                           "cleartext, only for a relay on loopback)")
+    ssl: bool | None = Field(None, description="implicit TLS (default: on for port 465)")
+    ca_file: str | None = Field(None, description="CA bundle to verify the SMTP server's certificate "
+                                "(default: the system CA store)")
+    allow_cleartext_password: bool = Field(False, description="let the password go over a connection "
+                                           "without TLS (warned about on every send)")
     timeout_seconds: float = Field(30.0, gt=0)
     only_on_drift: bool = Field(False, description="send nothing when a run finds no drift")
+
+    @property
+    def tls(self) -> Literal["implicit", "starttls", "none"]:
+        """How the connection is protected: implicit TLS, a required STARTTLS upgrade, or not at all."""
+        if self.ssl or (self.ssl is None and self.smtp_port == 465):
+            return "implicit"
+        return "starttls" if self.starttls else "none"
+
+    @model_validator(mode="after")
+    def _no_cleartext_password(self) -> EmailConfig:
+        if self.tls == "none" and self.username and not self.allow_cleartext_password:
+            raise ValueError("starttls is false and ssl is off, so the SMTP password would be sent in "
+                             "cleartext: enable TLS (starttls: true, or ssl: true on port 465), or set "
+                             "allow_cleartext_password: true if the network is trusted")
+        return self
 
 
 class ReconcileConfig(BaseModel):

@@ -175,3 +175,180 @@ def test_outbox_identifiers_from_config_are_bound_not_formatted(tmp_path: Path) 
     conn = sqlite3.connect(tmp_path / "o.db")
     assert conn.execute("SELECT count(*) FROM facts").fetchone() == (1,)
     assert conn.execute("SELECT sink FROM deliveries").fetchone() == ("x'); DROP TABLE facts; --",)
+
+
+# SMTP: verified TLS by default, the password never in cleartext ------------------------------------------
+SMTP_PASSWORD = f"smtp-{uuid.uuid4().hex}"
+
+
+class _Smtp:
+    """A real SMTP server on loopback (aiosmtpd) that records logins and messages; with ``tls`` it offers
+    STARTTLS, without it it offers AUTH in cleartext (a server that would capture the password)."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        import socket
+
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        self.logins: list[tuple[bytes, bytes]] = []
+        self.messages: list[bytes] = []
+
+        def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+            self.logins.append((auth_data.login, auth_data.password))
+            return AuthResult(success=True)
+
+        outer = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+                outer.messages.append(envelope.content)
+                return "250 OK"
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        kw = {"tls_context": tls} if tls else {}
+        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticator,
+                              auth_require_tls=tls is not None, **kw)
+        self.ctl.start()
+
+    def stop(self) -> None:
+        self.ctl.stop()
+
+
+def _server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _email_cfg(port: int, **kw: object):  # type: ignore[no-untyped-def]
+    from reconciler.config import EmailConfig
+
+    return EmailConfig.model_validate({"to": ["merch@example.com"], "from": "erpsync@example.com",
+                                       "smtp_host": "127.0.0.1", "smtp_port": port, "username": "merch",
+                                       "password": SMTP_PASSWORD, **kw})
+
+
+def _msg():  # type: ignore[no-untyped-def]
+    from email.message import EmailMessage
+
+    m = EmailMessage()
+    m["Subject"], m["From"], m["To"] = "drift", "erpsync@example.com", "merch@example.com"
+    m.set_content("report")
+    return m
+
+
+def test_smtp_without_starttls_gets_neither_the_password_nor_the_report(caplog: pytest.LogCaptureFixture
+                                                                        ) -> None:
+    from reconciler import mail
+
+    server = _Smtp()  # offers AUTH, not STARTTLS
+    try:
+        cfg = _email_cfg(server.port)  # the defaults: nothing about TLS in the config
+        with pytest.raises(Exception, match="does not offer STARTTLS") as err:
+            mail.send(cfg, _msg())
+        assert "refusing" in str(err.value) and f"127.0.0.1:{server.port}" in str(err.value)
+        assert server.logins == [] and server.messages == []
+        assert SMTP_PASSWORD not in str(err.value) and SMTP_PASSWORD not in caplog.text
+    finally:
+        server.stop()
+
+
+def test_smtp_cleartext_password_needs_an_explicit_opt_in_that_warns(caplog: pytest.LogCaptureFixture
+                                                                     ) -> None:
+    from pydantic import ValidationError
+
+    from reconciler import mail
+
+    with pytest.raises(ValidationError, match="cleartext") as err:
+        _email_cfg(25, starttls=False)  # TLS off, password set, no opt-in: refused at config load
+    assert "allow_cleartext_password" in str(err.value) and SMTP_PASSWORD not in str(err.value)
+    server = _Smtp()
+    try:
+        cfg = _email_cfg(server.port, starttls=False, allow_cleartext_password=True)
+        with caplog.at_level("WARNING", logger="erpsync.reconcile"):
+            mail.send(cfg, _msg())
+        assert server.logins == [(b"merch", SMTP_PASSWORD.encode())] and len(server.messages) == 1
+        assert "password" in caplog.text and "cleartext" in caplog.text
+        assert SMTP_PASSWORD not in caplog.text
+    finally:
+        server.stop()
+
+
+def test_smtp_cleartext_warns_for_a_remote_host_not_for_loopback() -> None:
+    from reconciler.config import EmailConfig
+    from reconciler.mail import cleartext_warnings
+
+    def cfg(host: str, **kw: object) -> EmailConfig:
+        return EmailConfig.model_validate({"to": ["m@example.com"], "smtp_host": host, **kw})
+
+    assert cfg("smtp.example.com").tls == "starttls"
+    assert cfg("smtp.example.com", smtp_port=465).tls == "implicit"
+    assert cleartext_warnings(cfg("smtp.example.com")) == []  # TLS: nothing to warn about
+    for host in ("localhost", "127.0.0.1", "::1"):
+        assert cleartext_warnings(cfg(host, starttls=False)) == [], host
+    [w] = cleartext_warnings(cfg("smtp.example.com", starttls=False))
+    assert "cleartext" in w and "smtp.example.com:25" in w
+
+
+def test_smtp_starttls_verifies_the_certificate_and_host_name(tmp_path: Path) -> None:
+    from reconciler import mail
+
+    ca, cert, key = make_certs(tmp_path)
+    own = tmp_path / "self"
+    own.mkdir()
+    self_key, self_cert = own / "k.pem", own / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self_key),
+                    "-out", str(self_cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = _Smtp(_server_tls(self_cert, self_key))  # self-signed, not in the CA file
+    try:
+        for extra in ({"ca_file": str(ca)}, {}):  # the test CA, then the system store
+            with pytest.raises(Exception, match="TLS certificate verification failed") as err:
+                mail.send(_email_cfg(server.port, **extra), _msg())
+            assert "nothing was sent" in str(err.value) and SMTP_PASSWORD not in str(err.value)
+        assert server.logins == [] and server.messages == []
+    finally:
+        server.stop()
+    server = _Smtp(_server_tls(cert, key))  # signed by the test CA, for 127.0.0.1 only
+    try:
+        with pytest.raises(Exception, match="TLS certificate verification failed"):
+            mail.send(_email_cfg(server.port, ca_file=str(ca), smtp_host="localhost"), _msg())  # wrong name
+        assert server.logins == []
+        mail.send(_email_cfg(server.port, ca_file=str(ca)), _msg())
+        assert server.logins == [(b"merch", SMTP_PASSWORD.encode())] and len(server.messages) == 1
+    finally:
+        server.stop()
+
+
+def test_smtp_implicit_tls_is_verified(tmp_path: Path) -> None:
+    from aiosmtpd.controller import Controller
+
+    from reconciler import mail
+
+    ca, cert, key = make_certs(tmp_path)
+    got: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            got.append(envelope.content)
+            return "250 OK"
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port, ssl_context=_server_tls(cert, key))
+    ctl.start()
+    try:
+        bare = {"username": None, "password": None, "ssl": True}
+        with pytest.raises(Exception, match="TLS certificate verification failed"):
+            mail.send(_email_cfg(port, **bare), _msg())  # the system store does not know the test CA
+        assert got == []
+        mail.send(_email_cfg(port, ca_file=str(ca), **bare), _msg())
+        assert len(got) == 1
+    finally:
+        ctl.stop()

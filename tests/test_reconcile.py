@@ -85,7 +85,8 @@ def _config(erp: PostgresErp, shop: WebhookEmulator, tmp_path: Path, smtp_port: 
     cfg["sinks"][0]["list_url"] = shop.url + "/_emulator/state"
     cfg["reconcile"] = {"report_dir": "reports", "history": "hist.duckdb", "catch_up_seconds": 20,
                         "email": {"to": ["merch@example.com"], "from": "erpsync@example.com",
-                                  "smtp_host": "127.0.0.1", "smtp_port": smtp_port}}
+                                  "smtp_host": "127.0.0.1", "smtp_port": smtp_port,
+                                  "starttls": False}}  # a test relay on loopback, no password
     Path(path).write_text(yaml.safe_dump(cfg))
     return path
 
