@@ -68,3 +68,23 @@ def test_bad_config_is_refused_naming_the_place(tmp_path: Path, text: str, needl
 def test_unreadable_config_file(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["config", "validate", "--offline", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2 and "cannot read config" in r.output and "missing.yaml" in r.output
+
+
+RULE_CASES = [
+    ("in-subquery", "on_hand IN (SELECT lo_import('/etc/hostname'))", ["stock.quantity", "In with query"]),
+    ("deeply-nested", "(" * 3000 + "on_hand" + ")" * 3000, ["stock.quantity", "nested too deeply"]),
+    ("long-chain", "on_hand" + " + 1" * 1000, ["stock.quantity", "nested too deeply"]),
+    ("huge-literal", "on_hand + " + "9" * 5000, ["stock.quantity", "number literal of 5000 digits"]),
+]
+
+
+@pytest.mark.parametrize("rule, needles", [c[1:] for c in RULE_CASES], ids=[c[0] for c in RULE_CASES])
+def test_hostile_rule_is_refused_at_load_naming_the_yaml_path(tmp_path: Path, rule: str,
+                                                              needles: list[str]) -> None:
+    p = tmp_path / "erpsync.yaml"
+    p.write_text(GOOD.replace("on_hand - reserved", f'"{rule}"'))
+    r = CliRunner().invoke(main, ["--log-format", "text", "config", "validate", "--offline", str(p)])
+    assert r.exit_code == 2, r.output
+    assert str(p) in r.output and "Traceback" not in r.output
+    for n in needles:
+        assert n in r.output, r.output[:2000]

@@ -86,3 +86,34 @@ def test_lookups_on_one_key_expression_share_their_dep():
 def test_compiling_refuses_naming_the_yaml_path(change, path):
     with pytest.raises(RuleError, match=re.escape(path)):
         CompiledMapping(MappingSpec(stock=STOCK.model_copy(update=change)))
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("x IN (SELECT lo_import('/etc/hostname'))", "In with query"),
+    ("qty IN (SELECT 1 FROM pg_sleep(1))", "In with query"),
+    ("coalesce(qty, (SELECT 1))", "Subquery"),
+    ("CASE WHEN qty > 0 THEN (SELECT pg_sleep(5)) ELSE 0 END", "Subquery"),
+    ("qty + @@version", "Parameter"),
+    ("TRIM(LEADING 'x' FROM sku)", "Trim with position"),
+    ("lookup(p, x) + pg_sleep(1)", "PG_SLEEP"),
+])
+def test_every_node_of_the_tree_is_whitelisted(text: str, needle: str) -> None:
+    """Not only the top of the tree: a subquery, variable or unknown function anywhere is refused at load,
+    naming the YAML path (before, IN (SELECT ...) was accepted: run by reconcile on the ERP, always false
+    on the stream)."""
+    with pytest.raises(RuleError, match=r"^stock\.quantity: ") as e:
+        Rule(text, "stock.quantity")
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("(" * 3000 + "qty" + ")" * 3000, "nested too deeply"),
+    ("qty" + " + 1" * 1000, "nested too deeply"),
+    ("qty + " + "x" * 20_000, "20006 characters long"),
+    ("qty + " + "9" * 5000, "number literal of 5000 digits"),
+    ("qty * 0." + "1" * 5000, "number literal of 5001 digits"),
+])
+def test_nested_rule_and_huge_literal_are_clear_errors(text: str, needle: str) -> None:
+    with pytest.raises(RuleError, match=r"^stock\.quantity: ") as e:
+        Rule(text, "stock.quantity")
+    assert needle in str(e.value) and len(str(e.value)) < 400

@@ -181,6 +181,23 @@ _UNARY_FN = {exp.Lower: "_lower", exp.Upper: "_upper", exp.Abs: "_abs"}
 _INT_TYPES = {"INT", "BIGINT", "SMALLINT", "TINYINT", "INTEGER", "UBIGINT", "UINT", "MEDIUMINT"}
 _DEC_TYPES = {"DECIMAL", "NUMERIC", "DOUBLE", "FLOAT", "REAL", "BIGDECIMAL"}
 _TEXT_TYPES = {"TEXT", "VARCHAR", "CHAR", "NVARCHAR", "NCHAR"}
+# every node type a rule may contain, anywhere in its tree (a subquery, a function call, a variable or a
+# parameter is refused wherever it is); some allow only some of their arguments (_ARGS)
+_ALLOWED: tuple[type[exp.Expression], ...] = (
+    exp.Paren, exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Neg, *_BINARY,
+    exp.And, exp.Or, exp.Not, exp.Is, exp.In, exp.Between, exp.Coalesce, exp.Greatest, exp.Least,
+    exp.Concat, exp.Trim, exp.Round, *_UNARY_FN, exp.Case, exp.If, exp.Cast, exp.TryCast, exp.DataType,
+    exp.DataTypeParam, exp.Anonymous,
+)
+_ARGS: dict[type[exp.Expression], set[str]] = {
+    exp.In: {"this", "expressions"},  # not: query (IN (SELECT ...)), unnest, field
+    exp.Trim: {"this"},  # not: TRIM(LEADING 'x' FROM ...), which the stream would not compute
+    exp.Cast: {"this", "to"},
+    exp.TryCast: {"this", "to"},
+}
+MAX_DEPTH = 64  # nesting of a rule's tree: far more than any real rule, far less than Python's limits
+MAX_DIGITS = 60  # digits of a number literal (DECIMAL(38) holds 38)
+MAX_TEXT = 10_000  # characters of a rule
 
 
 class Rule:
@@ -189,12 +206,18 @@ class Rule:
     def __init__(self, text: str | int, path: str) -> None:
         self.text = str(text)
         self.path = path
+        if len(self.text) > MAX_TEXT:
+            raise RuleError(f"{path}: rule is {len(self.text)} characters long (at most {MAX_TEXT})")
         try:
             self.tree = sqlglot.parse_one(self.text, error_level=ErrorLevel.RAISE)
         except (ParseError, SqlglotError) as e:
-            raise RuleError(f"{path}: cannot parse rule {self.text!r}: {_first_line(e)}") from None
+            raise RuleError(f"{path}: cannot parse rule {_short(self.text)!r}: {_first_line(e)}") from None
+        except RecursionError:
+            raise RuleError(f"{path}: rule {_short(self.text)!r} is nested too deeply "
+                            f"(at most {MAX_DEPTH} levels)") from None
         if self.tree is None or isinstance(self.tree, (exp.Select, exp.Query, exp.Command)):
             raise RuleError(f"{path}: rule {self.text!r} must be an expression, not a statement")
+        self._check_tree()
         self.columns: list[str] = []
         # lookup(name, expr) calls: (name, compiled key expression; one function object per distinct
         # expression, shared by all rules); the normalizer resolves them
@@ -252,6 +275,31 @@ class Rule:
             tree = tree.transform(swap, copy=False)
         return tree
 
+    def _check_tree(self) -> None:
+        """Refuse, anywhere in the tree, a node type (or argument) rules do not support, a tree nested
+        deeper than MAX_DEPTH and a number literal longer than MAX_DIGITS."""
+        stack: list[tuple[exp.Expression, int]] = [(self.tree, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise RuleError(f"{self.path}: rule {_short(self.text)!r} is nested too deeply "
+                                f"(at most {MAX_DEPTH} levels)")
+            if not isinstance(node, _ALLOWED) or (isinstance(node, exp.Anonymous) and not _is_lookup(node)):
+                raise RuleError(f"{self.path}: {type(node).__name__} ({_short(node.sql())!r}) is not "
+                                f"supported in rules; {_SUPPORTED}")
+            allowed = _ARGS.get(type(node))
+            extra = [k for k, v in node.args.items() if v not in (None, [], False)
+                     and allowed is not None and k not in allowed]
+            if extra:
+                raise RuleError(f"{self.path}: {type(node).__name__} with {extra[0]} "
+                                f"({_short(node.sql())!r}) is not supported in rules; {_SUPPORTED}")
+            if isinstance(node, exp.Literal) and not node.is_string:
+                digits = sum(ch.isdigit() for ch in node.this)
+                if digits > MAX_DIGITS:
+                    raise RuleError(f"{self.path}: number literal of {digits} digits in rule "
+                                    f"{_short(self.text)!r} (at most {MAX_DIGITS})")
+            stack.extend((child, depth + 1) for child in node.iter_expressions())
+
     # codegen --------------------------------------------------------------------------------------
     def _py(self, node: exp.Expression) -> str:
         if isinstance(node, exp.Paren):
@@ -299,9 +347,8 @@ class Rule:
         code = self._py_function(node)
         if code is not None:
             return code
-        raise RuleError(f"{self.path}: {type(node).__name__} ({node.sql()!r}) is not supported in rules; "
-                        "use columns, literals, + - * /, CASE, COALESCE, comparisons, AND/OR/NOT, "
-                        "IN, BETWEEN, LOWER/UPPER/TRIM, ||, CAST, GREATEST/LEAST, ABS, ROUND")
+        raise RuleError(f"{self.path}: {type(node).__name__} ({_short(node.sql())!r}) is not supported in "
+                        f"rules; {_SUPPORTED}")
 
     def _py_lookup(self, node: exp.Expression) -> str:
         if self._in_lookup:
@@ -389,6 +436,14 @@ def _lookup_name(node: exp.Expression) -> str:
     if isinstance(first, exp.Literal) and first.is_string:
         return str(first.this)
     raise ValueError("lookup() needs a lookup name as its first argument")
+
+
+_SUPPORTED = ("use columns, literals, + - * /, CASE, COALESCE, comparisons, AND/OR/NOT, IN (a list), "
+              "BETWEEN, LOWER/UPPER/TRIM, ||, CAST, GREATEST/LEAST, ABS, ROUND, lookup()")
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _first_line(e: Exception) -> str:
