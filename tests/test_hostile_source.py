@@ -175,3 +175,49 @@ def test_mariadb_restart_under_a_running_erpsync_is_survived(tmp_path: Path) -> 
             proc.wait()
             shop.stop()
             erp.conn.close()
+
+
+def _stock_config(tmp_path: Path, name: str, source: dict[str, object]) -> str:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump({
+        "source": source,
+        "stock": {"table": "stock_levels", "sku": "sku", "warehouse": "w", "quantity": "q",
+                  "locations": {"W": "m"}},
+        "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook"}],
+        "outbox": {"path": str(tmp_path / f"{name}.db")}}))
+    return str(p)
+
+
+def test_unparsable_dsn_is_named_without_any_fragment_of_the_password(tmp_path: Path) -> None:
+    """libpq's parse error quotes the word it choked on — here a piece of the password."""
+    port = free_port()
+    cases = {"space": (f"host=127.0.0.1 port={port} dbname=x user=y password=Qx7sec9 ZZret8pw",
+                       ["Qx7sec9", "ZZret8pw"]),
+             "percent": (f"postgresql://y:Qx7sec9%zzret8pw@127.0.0.1:{port}/x", ["Qx7sec9", "zzret8pw"])}
+    for name, (dsn, pieces) in cases.items():
+        cfg = _stock_config(tmp_path, f"{name}.yaml", {"kind": "postgres", "dsn": dsn})
+        for args in (["config", "validate", cfg], ["run", "--config", cfg], ["doctor", "--config", cfg],
+                     ["status", "--config", cfg], ["status", "--config", cfg, "--json"],
+                     ["reconcile", "--config", cfg], ["setup", "--config", cfg],
+                     ["teardown", "--config", cfg, "--yes"],
+                     ["snapshot", "--config", cfg, "--reset", "--yes"]):
+            r = cli(*args, timeout=60)
+            out = r.stdout + r.stderr
+            assert r.returncode != 0, (args, out)
+            assert "Traceback" not in out, (args, out[-2000:])
+            assert "source.dsn" in out, (args, out)
+            for piece in pieces:
+                assert piece not in out, (args, piece, out)
+
+
+def test_absurd_heartbeat_is_refused_naming_the_yaml_path(tmp_path: Path) -> None:
+    for kind, source in (("postgres", {"kind": "postgres", "dsn": "host=127.0.0.1 dbname=x user=y"}),
+                         ("mysql", {"kind": "mysql", "database": "x"})):
+        cfg = _stock_config(tmp_path, f"{kind}.yaml", {**source, "heartbeat_seconds": 0.001})
+        r = cli("config", "validate", cfg)
+        assert r.returncode != 0, r.stdout + r.stderr
+        assert "source.heartbeat_seconds" in r.stderr and "greater than or equal to 0.5" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        ok = _stock_config(tmp_path, f"{kind}-ok.yaml", {**source, "heartbeat_seconds": 1})
+        r = cli("config", "validate", ok)  # it may still fail to reach the ERP, not on the heartbeat
+        assert "heartbeat_seconds" not in r.stdout + r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -8,16 +8,81 @@ binds the value read from an env var.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import ssl
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cdc.changes import SourceError, SourceMisconfigured, SourceUnavailable
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"  # doctor
 STATUS_OK, STATUS_WARN, STATUS_FAIL = "ok", "warn", "fail"  # erpsync status
 RETAINED_WARN_BYTES = 1 << 30  # above this the slot (or binlog backlog) is worth a look before the disk is
+
+
+MIN_HEARTBEAT_SECONDS = 0.5  # each heartbeat is an ERP transaction (PostgreSQL) or a server packet (MySQL)
+
+
+# -- TLS to the ERP ----------------------------------------------------------------------------------------
+class TlsConfig(BaseModel):
+    """``source.tls``: encrypt the ERP connection and (``verify``, the default) check the server's
+    certificate against ``ca_file`` (or the system's CAs) and its host name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str | None = Field(None, description="PEM file of the CA that signed the ERP's certificate")
+    verify: bool = Field(True, description="check the certificate chain and the host name")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not Path(v).is_file():
+            raise ValueError(f"no such file: {v} (the CA certificate, PEM)")
+        try:
+            ssl.create_default_context(cafile=v)
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"{v} is not a readable PEM CA certificate ({e.__class__.__name__})") from None
+        return v
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: the CA (or the system's); unless ``verify`` is off, name and chain checked."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+def is_loopback(host: str | None) -> bool:
+    """A Unix socket, localhost or a loopback address: traffic that never leaves the machine."""
+    if not host or host.startswith("/") or host.startswith("@") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_check(state: str, host: str | None, detail: str) -> Check:
+    """The doctor's TLS check: state is "verified", "unverified" or "cleartext"."""
+    fix = "source.tls: {ca_file: /path/to/erp-ca.pem, verify: true}  (in the erpsync config)"
+    if state == "verified":
+        return Check("tls", PASS, f"TLS: verified ({detail})")
+    if state == "unverified":
+        return Check("tls", WARN, f"TLS: unverified ({detail}): the server's certificate is not checked, "
+                     "so anyone in the path can pose as the ERP", fix)
+    if is_loopback(host):
+        return Check("tls", PASS, f"TLS: cleartext ({detail}; loopback host {host or 'local socket'})")
+    return Check("tls", WARN, f"TLS: cleartext ({detail}) to non-loopback host {host}: the ERP password "
+                 "and every row cross the network readable", fix)
 
 
 # -- errors of the plain SQL connection ------------------------------------------------------------------
@@ -42,7 +107,14 @@ _TRANSIENT = ("connection refused", "the database system is", "can't connect", "
 
 def is_transient(message: str) -> bool:
     m = message.lower()
-    return any(t in m for t in _TRANSIENT) and "password" not in m and "access denied" not in m
+    return (any(t in m for t in _TRANSIENT) and "password" not in m and "access denied" not in m
+            and not is_tls_failure(m))
+
+
+def is_tls_failure(message: str) -> bool:
+    """The TLS handshake or the certificate check failed: a person must fix the CA or the server."""
+    m = message.lower()
+    return any(t in m for t in ("certificate", "ssl", "tls", "wrong version number"))
 
 
 def connect_error(message: str) -> ConnectError:
@@ -53,6 +125,25 @@ def connect_error(message: str) -> ConnectError:
 def first_line(e: BaseException) -> str:
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def dsn_syntax_problem(message: str) -> str:
+    """What is wrong with a DSN, from the driver's parse error, without the fragment of the DSN it quotes
+    (which may be a piece of the password)."""
+    m = message.lower()
+    if "percent" in m or "%" in m:
+        why = "a bad %-escape in the URI (write a literal % as %25)"
+    elif 'missing "="' in m:
+        why = "a word without \"=\" (quote a value holding spaces: password='...')"
+    elif "unterminated quoted string" in m:
+        why = "an unterminated quoted value"
+    elif "invalid connection option" in m:
+        why = "an unknown connection option"
+    elif "uri" in m:
+        why = "a malformed URI"
+    else:
+        why = re.sub(r'"[^"]*"|\'[^\']*\'', "...", first_line(Exception(message)))
+    return f"not a valid connection string: {why}"
 
 
 # -- doctor ----------------------------------------------------------------------------------------------
@@ -199,7 +290,9 @@ class ErpStatus:
 
 
 __all__ = [
-    "FAIL", "PASS", "PASSWORD_MARK", "RETAINED_WARN_BYTES", "STATUS_FAIL", "STATUS_OK", "STATUS_WARN", "WARN",
-    "Check", "CheckFn", "ConnectError", "ConnectMisconfigured", "ConnectUnavailable", "Ctx", "DoctorInput",
-    "ErpStatus", "Plan", "SetupError", "SetupRequest", "Statement", "apply_plan", "connect_error", "diagnose",
-    "first_line", "is_transient"]
+    "FAIL", "MIN_HEARTBEAT_SECONDS", "PASS", "PASSWORD_MARK", "RETAINED_WARN_BYTES", "STATUS_FAIL",
+    "STATUS_OK", "STATUS_WARN", "WARN", "Check", "CheckFn", "ConnectError", "ConnectMisconfigured",
+    "ConnectUnavailable", "Ctx", "DoctorInput", "ErpStatus", "Plan", "SetupError", "SetupRequest",
+    "Statement",
+    "TlsConfig", "apply_plan", "connect_error", "diagnose", "dsn_syntax_problem", "first_line", "is_loopback",
+    "is_tls_failure", "is_transient", "tls_check"]

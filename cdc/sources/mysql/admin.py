@@ -254,7 +254,12 @@ def mysql_dsn_args(dsn: str) -> dict[str, Any]:
     u = urlparse(dsn)
     if u.scheme not in ("mysql", "mariadb"):
         raise ValueError("expected a mysql://user:password@host:port/ URL")
-    return {"host": u.hostname or "127.0.0.1", "port": u.port or 3306, "user": unquote(u.username or "root"),
+    try:
+        port = u.port
+    except ValueError:  # its message quotes the text after ':' — with a '/' in the password, a piece of it
+        raise ValueError("not a valid mysql://user:password@host:port/ URL (percent-encode a password "
+                         "holding '/', '@', ':' or '%')") from None
+    return {"host": u.hostname or "127.0.0.1", "port": port or 3306, "user": unquote(u.username or "root"),
             "password": unquote(u.password or ""), "autocommit": True}
 
 
@@ -269,7 +274,7 @@ def connect_sql(src: MySQLSourceConfig, *, select_database: bool = True) -> Any:
     try:
         return pymysql.connect(host=src.host, port=src.port, user=src.user,
                                password=src.password.get_secret_value(), connect_timeout=10, autocommit=True,
-                               **db)
+                               **src.ssl_kwargs(), **db)
     except pymysql.MySQLError as e:
         reason = first_line(e) if select_database else e.args[-1]
         raise connect_error(f"source: cannot connect to MySQL at {src.host}:{src.port}: {reason}") from None

@@ -16,6 +16,7 @@ from typing import Any
 import pymysql
 
 from cdc.changes import SourceError, SourceMisconfigured, SourceUnavailable
+from cdc.sources.admin import is_tls_failure
 from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.position import BinlogPosition
 
@@ -57,8 +58,12 @@ def connect(cfg: MySQLSourceConfig, **kw: Any) -> pymysql.connections.Connection
     try:
         return pymysql.connect(host=cfg.host, port=cfg.port, user=cfg.user,
                                password=cfg.password.get_secret_value(), charset="utf8mb4", autocommit=True,
-                               connect_timeout=10, **kw)
+                               connect_timeout=10, **cfg.ssl_kwargs(), **kw)
     except CONNECTION_ERRORS as e:
+        if cfg.tls is not None and is_tls_failure(error_text(e)):
+            raise SourceMisconfigured(f"MySQL at {cfg.host}:{cfg.port}: the TLS handshake failed "
+                                      f"({error_text(e)}) — check source.tls.ca_file and the server's "
+                                      "certificate") from None
         if error_code(e) in LOGIN_REFUSED:
             raise SourceMisconfigured(f"MySQL at {cfg.host}:{cfg.port} refused the login of user "
                                       f"{cfg.user!r}: {e.args[1]} — check source.user / source.password"

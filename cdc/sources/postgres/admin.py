@@ -25,6 +25,7 @@ from cdc.sources.admin import (
     WARN,
     Check,
     CheckFn,
+    ConnectMisconfigured,
     Ctx,
     DoctorInput,
     ErpStatus,
@@ -34,6 +35,7 @@ from cdc.sources.admin import (
     Statement,
     connect_error,
     diagnose,
+    dsn_syntax_problem,
     first_line,
 )
 from cdc.sources.postgres.config import PostgresSourceConfig
@@ -369,9 +371,11 @@ def connect_sql(src: PostgresSourceConfig) -> Any:
     import psycopg2
 
     try:
-        conn = psycopg2.connect(src.dsn.get_secret_value(), connect_timeout=10)
+        conn = psycopg2.connect(src.dsn.get_secret_value(), connect_timeout=10, **src.tls_kwargs())
     except psycopg2.OperationalError as e:
         raise connect_error(f"source.dsn: cannot connect to PostgreSQL: {first_line(e)}") from None
+    except psycopg2.Error as e:  # a DSN libpq cannot parse: its message quotes a fragment (the password?)
+        raise ConnectMisconfigured(f"source.dsn: {dsn_syntax_problem(str(e))}") from None
     conn.autocommit = True
     return conn
 

@@ -102,7 +102,7 @@ class PostgresSource:
             raise SourceMisconfigured("the PostgreSQL DSN could not be parsed (check its syntax)") from None
         try:
             return psycopg2.connect(self._dsn, options=f"{opts} {SESSION_OPTIONS}".strip(),
-                                    application_name="erpsync", **kw)
+                                    application_name="erpsync", **self.config.tls_kwargs(), **kw)
         except psycopg2.OperationalError as e:
             # libpq's message names host/user but never the password; the DSN itself is not echoed.
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
