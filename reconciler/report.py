@@ -1,11 +1,18 @@
 """Reports for merchandisers: one self-contained HTML file (inline SVG charts, a searchable table, no
-external resources — the machine may be offline) and a CSV of every drifted item."""
+external resources — the machine may be offline) and a CSV of every drifted item.
+
+Every value in them comes from an ERP or a shop and is hostile until shown otherwise: in the HTML it is
+escaped for where it lands (text, attribute, JSON inside <script>) and a Content-Security-Policy runs only
+the report's own script; in the CSV a text cell a spreadsheet would take for a formula is neutralised."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +28,50 @@ COLORS = {"stock_mismatch": "#d9534f", "price_mismatch": "#f0ad4e", "missing_in_
 
 
 def _e(x: Any) -> str:
+    """Text or a quoted attribute value: & < > " ' escaped."""
     return html.escape("" if x is None else str(x), quote=True)
 
 
+def script_json(obj: Any) -> str:
+    """JSON safe inside a <script> element: no < > & (so no </script>, <!--, <script> can end or bend the
+    element), and no U+2028 / U+2029 (line terminators to older JavaScript), all as \\u escapes."""
+    text = json.dumps(obj, default=str)
+    for ch in "<>&\u2028\u2029":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
+
+
+# CSV injection (formula injection), OWASP: https://owasp.org/www-community/attacks/CSV_Injection — a cell
+# starting with one of these is a formula to Excel, LibreOffice or Google Sheets (which also honour the
+# full-width forms). Such a text cell is prefixed with a single quote and quoted; numbers stay numbers.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+_CSV_SELECT = """SELECT sink, drift, fact_kind AS kind, sku, scope AS location_or_price_list,
+                        erp_value, shop_value, erp_currency, shop_currency,
+                        round(severity, 2) AS severity, note
+                 FROM drift ORDER BY severity DESC, sink, sku, scope"""
+
+
+def csv_cell(v: object) -> str:
+    """One CSV field: numbers as they are; text quoted when needed, and defused when it reads as a formula."""
+    if v is None:
+        return ""
+    if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
+        return str(v)
+    s = str(v)
+    if s.startswith(FORMULA_START):
+        return '"\'' + s.replace('"', '""') + '"'
+    if any(c in s for c in ',"\r\n'):
+        return '"' + s.replace('"', '""') + '"'
+    return s
+
+
 def write_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    p = str(path).replace("'", "''")
-    con.execute(f"""COPY (SELECT sink, drift, fact_kind AS kind, sku, scope AS location_or_price_list,
-                                 erp_value, shop_value, erp_currency, shop_currency,
-                                 round(severity, 2) AS severity, note
-                          FROM drift ORDER BY severity DESC, sink, sku, scope)
-                    TO '{p}' (HEADER, DELIMITER ',')""")
+    cur = con.execute(_CSV_SELECT)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write(",".join(d[0] for d in cur.description) + "\n")
+        while batch := cur.fetchmany(10_000):
+            f.writelines(",".join(map(csv_cell, row)) + "\n" for row in batch)
 
 
 def chart_by_location(rows: list[tuple[str, str, int]], width: int = 760) -> str:
@@ -93,7 +134,7 @@ def chart_trend(runs: list[dict[str, Any]], width: int = 760, height: int = 200)
         at = r["at"].strftime("%m-%d %H:%M") if hasattr(r["at"], "strftime") else str(r["at"])
         out.append(f'<rect class="run" x="{x + step * 0.15:.1f}" y="{top + plot_h - h:.1f}" '
                    f'width="{max(1.0, step * 0.7):.1f}" height="{h:.1f}" fill="#9ecae1">'
-                   f'<title>run {r["run_id"]} ({_e(at)}): {total:,}</title></rect>')
+                   f'<title>run {_e(r["run_id"])} ({_e(at)}): {total:,}</title></rect>')
         points.append(f"{x + step / 2:.1f},{top + plot_h - h:.1f}")
         if len(runs) <= 12 or i % max(1, len(runs) // 8) == 0:
             out.append(f'<text x="{x + step / 2:.1f}" y="{height - 10}" font-size="10" '
@@ -114,12 +155,13 @@ th,td{border-bottom:1px solid #eee;padding:4px 8px;text-align:left}
 th{background:#f6f6f6;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums} input#search{padding:6px;width:320px;margin:6px 0}
 .tag{display:inline-block;padding:1px 6px;border-radius:3px;color:#fff;font-size:12px}
-"""
+""" + "".join(f".card.k-{k}{{border-left:5px solid {c}}}\n" for k, c in COLORS.items())
 
 _JS = """
 (function(){
   var items = JSON.parse(document.getElementById('items-data').textContent);
-  var labels = JSON.parse(document.getElementById('labels-data').textContent);
+  var known = JSON.parse(document.getElementById('labels-data').textContent);
+  var labels = new Proxy(known, {get: function(t, k){ return t[k] || [String(k), '#777777']; }});
   var body = document.querySelector('#items tbody');
   var cols = ['sink','drift','sku','scope','erp_value','shop_value','severity','note'];
   items.forEach(function(it){
@@ -156,6 +198,16 @@ _JS = """
 """
 
 
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# Nothing runs or loads but the report's own <script> and <style> (by hash): markup that slipped through
+# could neither execute nor fetch anything. Inline SVG and the CSV link need no source.
+CSP = (f"default-src 'none'; script-src {_sha256(_JS)}; style-src {_sha256(_CSS)}; img-src data:; "
+       "base-uri 'none'; form-action 'none'")
+
+
 def render_html(con: duckdb.DuckDBPyConnection, *, summaries: list[dict[str, Any]],
                 trend: list[dict[str, Any]], run_id: int, generated: datetime,
                 max_items: int = 2000, csv_name: str | None = None) -> str:
@@ -174,8 +226,8 @@ def render_html(con: duckdb.DuckDBPyConnection, *, summaries: list[dict[str, Any
         for k in ("erp_value", "shop_value"):
             if r[k] is not None and "." in r[k]:
                 r[k] = r[k].rstrip("0").rstrip(".") if r["drift"] != "price_mismatch" else r[k][:-2]
-    data = json.dumps(rows, default=str).replace("</", "<\\/")
-    labels = json.dumps({k: [LABELS[k], COLORS[k]] for k in DRIFT_KINDS})
+    data = script_json(rows)
+    labels = script_json({k: [LABELS[k], COLORS[k]] for k in DRIFT_KINDS})
 
     warns = []
     sink_rows = []
@@ -192,7 +244,7 @@ def render_html(con: duckdb.DuckDBPyConnection, *, summaries: list[dict[str, Any
             f"<td class=num>{s.get('shop_keys') or 0:,}</td><td class=num>{s.get('drift_total') or 0:,}</td>"
             f"<td class=num>{s.get('in_flight') or 0:,}</td><td class=num>{s.get('healed') or 0:,}</td>"
             f"<td>{_e(s.get('error') or 'ok')}</td></tr>")
-    cards = "".join(f'<div class="card" style="border-left:5px solid {COLORS[k]}"><b>{by_kind[k]:,}</b>'
+    cards = "".join(f'<div class="card k-{k}"><b>{by_kind[k]:,}</b>'
                     f"{_e(LABELS[k])}</div>" for k in DRIFT_KINDS)
     position = next((s.get("erp_position") for s in summaries if s.get("erp_position")), None)
     more = (f'<p class="muted">Showing the {max_items:,} worst of {total:,} items; the CSV has all of '
@@ -201,6 +253,7 @@ def render_html(con: duckdb.DuckDBPyConnection, *, summaries: list[dict[str, Any
     csv_link = f' · <a href="{_e(csv_name)}">CSV</a>' if csv_name else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Drift report #{run_id}</title>
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <h1>Shop vs ERP drift report</h1>

