@@ -13,11 +13,11 @@ from erpsync.config import Config
 
 
 def mapped_tables(cfg: Config) -> list[str]:
-    """Fully qualified tables the mapping reads (``schema.table``; the database for MySQL)."""
-    from cdc.mapping.compiled import table_name
+    """Every fully qualified table the mapping reads (``schema.table``; the database for MySQL): the
+    stock and prices tables and the lookups' — what setup grants and publishes and doctor checks."""
+    from cdc.mapping.compiled import CompiledMapping
 
-    default = plugin_for(cfg.source.kind).default_schema(cfg.source)
-    return [table_name(cfg.stock.table, default)] if cfg.stock else []
+    return CompiledMapping.of(cfg).tables
 
 
 def run_doctor(cfg: Config) -> list[Check]:

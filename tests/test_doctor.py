@@ -21,7 +21,7 @@ STOCK = {"table": "stock_levels", "sku": "sku", "warehouse": "warehouse_code",
 
 def write_config(tmp_path: Path, source: dict[str, Any], **extra: Any) -> str:
     cfg = {"source": source, "stock": {**STOCK, **extra.pop("stock", {})},
-           "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/"}],
+           "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/", "unsigned": True}],
            "outbox": {"path": str(tmp_path / "outbox.db")}, **extra}
     p = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -279,3 +279,162 @@ def test_connect_errors_carry_their_type() -> None:
                 'source.dsn: cannot connect to PostgreSQL: FATAL:  role "nobody" does not exist'):
         e = connect_error(msg)
         assert isinstance(e, SourceMisconfigured) and isinstance(e, ConnectError)
+
+
+# -- issue #15: least privilege, ownership, TLS ------------------------------------------------------------
+def _role_state(dsn: str, role: str) -> tuple[Any, ...] | None:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolreplication, rolpassword, shobj_description(oid, 'pg_authid') FROM pg_authid "
+                    "WHERE rolname = %s", (role,))
+        row = cur.fetchone()
+    conn.close()
+    return row
+
+
+def test_pg_setup_never_touches_the_erp_applications_own_role(pg_dsn: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    app = f"odoo_{uuid.uuid4().hex[:8]}"  # the ERP application's role, which erpsync did not create
+    pg_exec(pg_dsn, PG_TABLE, f"CREATE ROLE {app} LOGIN PASSWORD 'the-erp-apps-own-pw'",
+            f"GRANT SELECT ON stock_levels TO {app}")
+    before = _role_state(pg_dsn, app)
+    monkeypatch.setenv("ERPSYNC_DB_PASSWORD", "pw-of-erpsync-9d1c")
+    monkeypatch.setenv("ADMIN_DSN", pg_dsn)
+    cfg = write_config(tmp_path, {"kind": "postgres", "dsn": pg_dsn.replace("user=postgres", f"user={app}")})
+    for args in (["--print-sql"], ["--apply", "--admin-dsn-env", "ADMIN_DSN"]):
+        r = CliRunner().invoke(main, ["setup", "--config", cfg, *args])
+        assert r.exit_code != 0, r.output
+        assert f"role {app!r} exists and was not created by erpsync setup" in r.output, r.output
+        assert "--adopt-role" in r.output and "ALTER ROLE" not in r.output
+        assert _role_state(pg_dsn, app) == before  # password, REPLICATION: untouched
+    # a dedicated role: created with erpsync's mark, and re-running it is fine
+    own = f"erpsync_{uuid.uuid4().hex[:8]}"
+    printed = CliRunner().invoke(main, ["setup", "--config", cfg, "--role", own])
+    assert printed.exit_code == 0, printed.output
+    assert f'CREATE ROLE "{own}"' in printed.output and f'COMMENT ON ROLE "{own}"' in printed.output
+    for _ in range(2):
+        r = CliRunner().invoke(main, ["setup", "--config", cfg, "--role", own, "--apply",
+                                      "--admin-dsn-env", "ADMIN_DSN"])
+        assert r.exit_code == 0, r.output
+    state = _role_state(pg_dsn, own)
+    assert state is not None and state[0] is True and "erpsync" in state[2]
+    # a superuser is never altered, not even with --adopt-role
+    r = CliRunner().invoke(main, ["setup", "--config", cfg, "--role", "postgres", "--adopt-role"])
+    assert r.exit_code != 0 and "superuser" in r.output, r.output
+    # explicit take-over
+    r = CliRunner().invoke(main, ["setup", "--config", cfg, "--apply", "--adopt-role", "--admin-dsn-env",
+                                  "ADMIN_DSN"])
+    assert r.exit_code == 0, r.output
+    assert f'ALTER ROLE "{app}"' in r.output
+    after = _role_state(pg_dsn, app)
+    assert after is not None and after[0] is True and after[1] != before[1] and "erpsync" in after[2]
+
+
+def _odoo_config(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    root = Path(__file__).resolve().parent.parent
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute((root / "config/schemas/odoo-postgres.sql").read_text())
+    conn.close()
+    monkeypatch.setenv("ERP_DSN", pg_dsn)
+    return str(root / "config/odoo-postgres.yaml")
+
+
+ODOO_TABLES = ["product_product", "stock_location", "product_pricelist", "stock_quant",
+               "product_pricelist_item"]
+
+
+def test_setup_and_doctor_cover_every_table_the_mapping_reads(pg_dsn: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _odoo_config(pg_dsn, monkeypatch)
+    r = CliRunner().invoke(main, ["setup", "--config", cfg, "--role", "erpsync_odoo_reader"])
+    assert r.exit_code == 0, r.output
+    pub = next(line for line in r.stdout.splitlines() if line.startswith("CREATE PUBLICATION"))
+    for t in ODOO_TABLES:  # lookups included
+        assert f'GRANT SELECT ON TABLE "public"."{t}" TO "erpsync_odoo_reader";' in r.stdout, r.stdout
+        assert f'"public"."{t}"' in pub
+    _, checks, text = doctor(cfg)
+    for t in ODOO_TABLES:
+        assert f"public.{t}" in checks["select on mapped tables"]["detail"], text
+
+
+def test_pg_doctor_warns_a_superuser_dsn_and_a_for_all_tables_publication(pg_dsn: str,
+                                                                         tmp_path: Path) -> None:
+    pg_exec(pg_dsn, PG_TABLE, "CREATE PUBLICATION erpsync FOR ALL TABLES")
+    try:
+        _, checks, text = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": pg_dsn}))
+    finally:
+        pg_exec(pg_dsn, "DROP PUBLICATION erpsync")
+    assert checks["least privilege"]["status"] == "WARN", text
+    assert "superuser 'postgres'" in checks["least privilege"]["detail"]
+    assert "erpsync setup" in checks["least privilege"]["fix"]
+    assert checks["publication"]["status"] == "WARN", text
+    assert "FOR ALL TABLES" in checks["publication"]["detail"]
+    assert 'FOR TABLE "public"."stock_levels"' in checks["publication"]["fix"]
+    # the throwaway server has no TLS: cleartext, acceptable on loopback only
+    assert checks["tls"]["status"] == "PASS" and checks["tls"]["detail"].startswith("TLS: cleartext"), text
+    assert "loopback" in checks["tls"]["detail"]
+
+
+def test_teardown_leaves_another_tools_slot_and_publication_alone(pg_dsn: str, tmp_path: Path) -> None:
+    pg_exec(pg_dsn, PG_TABLE, "CREATE TABLE their_table (id int PRIMARY KEY)",
+            "CREATE PUBLICATION erpsync FOR TABLE their_table")  # same name, another tool's, no mark
+    db = pg_dsn.split("dbname=")[1].split()[0]
+    slot = f"s_{db}"[:63]
+    pg_exec(pg_dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')")
+    cfg = write_config(tmp_path, {"kind": "postgres", "dsn": pg_dsn, "slot": slot})
+    try:
+        r = CliRunner().invoke(main, ["teardown", "--config", cfg, "--yes"])
+        assert r.exit_code == 1, r.output
+        assert f"replication slot {slot!r} is not erpsync's (plugin=test_decoding" in r.output, r.output
+        assert "Traceback" not in r.output
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            assert cur.fetchone() == ("test_decoding",)
+        conn.close()
+        pg_exec(pg_dsn, f"SELECT pg_drop_replication_slot('{slot}')")
+        r = CliRunner().invoke(main, ["teardown", "--config", cfg, "--yes"])
+        assert r.exit_code == 0, r.output
+        assert "publication 'erpsync' left alone" in r.output, r.output
+        conn = psycopg2.connect(pg_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = 'erpsync'")
+            assert cur.fetchall() == [("their_table",)]
+        conn.close()
+    finally:
+        pg_exec(pg_dsn, "DROP PUBLICATION IF EXISTS erpsync",
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                f"WHERE slot_name = '{slot}'")
+
+
+def test_snapshot_reset_with_the_erp_down_clears_nothing(tmp_path: Path) -> None:
+    from cdc.outbox.store import Outbox
+    from erpsync.testing import free_port
+
+    cfg = write_config(tmp_path, {"kind": "postgres", "dsn": f"host=127.0.0.1 port={free_port()} dbname=x "
+                                  "user=x connect_timeout=2"})
+    ob = Outbox(tmp_path / "outbox.db")
+    ob.set_position("postgres:erpsync", "0/16B3748", commit_ts=1.0)
+    ob.commit()
+    ob.close()
+    r = CliRunner().invoke(main, ["snapshot", "--config", cfg, "--reset", "--yes"])
+    assert r.exit_code == 1, r.output
+    assert "nothing was reset" in r.output and "cannot connect" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    ob = Outbox(tmp_path / "outbox.db")
+    assert ob.position("postgres:erpsync") == "0/16B3748"
+    ob.close()
+
+
+def test_missing_ca_file_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
+    for source in ({"kind": "postgres", "dsn": "host=db.example dbname=x user=y"},
+                   {"kind": "mysql", "host": "db.example", "database": "x"}):
+        cfg = write_config(tmp_path, {**source, "tls": {"ca_file": str(tmp_path / "nope.pem")}})
+        r = CliRunner().invoke(main, ["doctor", "--config", cfg])
+        assert r.exit_code == 2, r.output
+        assert "source.tls.ca_file" in r.output and "no such file" in r.output, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit)

@@ -277,6 +277,7 @@ class SetupRequest:
     admin_dsn: str | None = None
     admin_dsn_env: str | None = None
     apply: bool = False
+    adopt_role: bool = False  # take over an existing role/user erpsync did not create (changes its password)
 
 
 # -- status ----------------------------------------------------------------------------------------------

@@ -59,9 +59,12 @@ def doctor(config: str, as_json: bool) -> None:
 @click.option("--password-env", default="ERPSYNC_DB_PASSWORD", show_default=True, metavar="VAR",
               help="env var holding the new role's password (never printed)")
 @click.option("--host", "host_pattern", default="%", show_default=True, help="MySQL: the user's host part")
+@click.option("--adopt-role", is_flag=True,
+              help="take over an existing role/user erpsync setup did not create (resets its password)")
 def setup(config: str, print_sql: bool, apply: bool, admin_dsn_env: str | None, role: str | None,
-          password_env: str, host_pattern: str) -> None:
-    """Least-privilege role, grants and publication for erpsync (print for review, or --apply)."""
+          password_env: str, host_pattern: str, adopt_role: bool) -> None:
+    """Least-privilege role, grants and publication for erpsync (print for review, or --apply). Only a
+    role setup created itself is changed: an existing one needs --adopt-role."""
     import os
 
     from cdc.sources.admin import SetupError, SetupRequest, apply_plan
@@ -79,7 +82,7 @@ def setup(config: str, print_sql: bool, apply: bool, admin_dsn_env: str | None, 
     register_secret(admin_dsn)
     register_secret(os.environ.get(password_env))
     req = SetupRequest(mapped_tables(cfg), role, password_env, host=host_pattern, admin_dsn=admin_dsn,
-                       admin_dsn_env=admin_dsn_env, apply=apply)
+                       admin_dsn_env=admin_dsn_env, apply=apply, adopt_role=adopt_role)
     try:
         plan, conn = plugin_for(cfg.source.kind).setup_plan(cfg.source, req)
     except SetupError as e:

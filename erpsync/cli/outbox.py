@@ -24,12 +24,18 @@ def snapshot(config: str, reset: bool, yes: bool) -> None:
         raise Fail("nothing to do: pass --reset to make the next run take a fresh snapshot", 2)
     if not yes and not click.confirm("Forget the stored position and re-snapshot on the next run?"):
         raise Fail("aborted", 1)
+    from cdc.changes import SourceError
+    from cdc.sources.registry import plugin_for
+    from erpsync.doctor import mapped_tables
+
+    try:  # the ERP first: with the ERP down nothing is cleared (a cleared position beside a live slot
+        # would make the next run stream from the slot's old position, not snapshot)
+        plugin_for(cfg.source.kind).reset_snapshot(cfg.source, mapped_tables(cfg))
+    except SourceError as e:
+        raise Fail(f"snapshot --reset: nothing was reset ({e})") from None
     ob = Outbox(cfg.outbox_path())
     ob.reset()
     ob.close()
-    from cdc.sources.registry import plugin_for
-
-    plugin_for(cfg.source.kind).reset_snapshot(cfg.source, [cfg.stock.table] if cfg.stock else [])
     click.echo("stored position cleared; the next `erpsync run` takes a fresh snapshot")
 
 

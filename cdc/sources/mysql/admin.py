@@ -34,6 +34,7 @@ from cdc.sources.admin import (
     connect_error,
     diagnose,
     first_line,
+    tls_check,
 )
 from cdc.sources.mysql.config import MySQLSourceConfig
 
@@ -169,6 +170,29 @@ def my_grants(c: Ctx) -> Check:
                  f"{', '.join(c.tables)}")
 
 
+def my_least_privilege(c: Ctx) -> Check:
+    user_host = c.one("SELECT CURRENT_USER()") or "?@%"
+    glob = parse_grants([r[0] for r in c.q("SHOW GRANTS")]).get("*.*", set())
+    broad = sorted(glob & {"ALL PRIVILEGES", "ALL", "SUPER"})
+    if broad or user_host.rpartition("@")[0] == "root":
+        return Check("least privilege", WARN, f"source.user is {user_host} with {', '.join(broad) or 'root'} "
+                     "on *.*: erpsync needs only REPLICATION SLAVE, REPLICATION CLIENT and SELECT on the "
+                     "mapped tables", f"erpsync setup --config {c.inp.origin} --role erpsync  (review, then "
+                     "--apply), and set source.user to that user")
+    return Check("least privilege", PASS, f"{user_host} has no global ALL / SUPER")
+
+
+def my_tls(c: Ctx) -> Check:
+    rows = c.q("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    cipher = str(rows[0][1]) if rows and rows[0][1] else ""
+    tls = c.src.tls
+    if not cipher:
+        return tls_check("cleartext", c.src.host, "no TLS on this connection")
+    if tls is not None and tls.verify:
+        return tls_check("verified", c.src.host, f"{cipher}; source.tls checks the certificate and host name")
+    return tls_check("unverified", c.src.host, f"{cipher}; the certificate is not checked")
+
+
 def my_tables(c: Ctx) -> Check:
     missing, no_pk = [], []
     for t in c.tables:
@@ -222,21 +246,27 @@ def my_gtid(c: Ctx) -> Check:
 
 
 MYSQL_CHECKS: list[CheckFn] = [
-    my_log_bin, my_binlog_format, my_row_image, my_row_metadata, my_retention, my_grants, my_tables,
-    my_server_id, my_gtid]
+    my_tls, my_log_bin, my_binlog_format, my_row_image, my_row_metadata, my_retention, my_grants,
+    my_least_privilege, my_tables, my_server_id, my_gtid]
 
 
 # -- setup plan -----------------------------------------------------------------------------------------
-def plan_mysql(tables: list[str], role: str, password_env: str, host: str = "%") -> Plan:
+def plan_mysql(tables: list[str], role: str, password_env: str, host: str = "%",
+               exists: bool = False) -> Plan:
+    """``exists``: the user is there already and is being taken over (--adopt-role): ALTER, not CREATE.
+    Without it the plan's CREATE USER fails on an existing user, so nobody else's password is changed."""
     acct = my_account(role, host)
     p = Plan(role, password_env, f"'<value of ${password_env}>'")
     p.header = ["erpsync least-privilege setup for MySQL / MariaDB. Review, then run as an admin.",
                 f"The password placeholder stands for the value of ${password_env} (never printed);",
                 "or: erpsync setup --config FILE --apply --admin-dsn-env ADMIN_DSN "
                 "(ADMIN_DSN=mysql://root:pw@host:3306/)"]
-    p.statements.append(Statement(f"CREATE USER IF NOT EXISTS {acct} IDENTIFIED BY {PASSWORD_MARK}"))
-    p.statements.append(Statement(f"ALTER USER {acct} IDENTIFIED BY {PASSWORD_MARK}",
-                                  "same password on re-runs"))
+    if exists:
+        p.header.append(f"User {acct} exists and is taken over (--adopt-role): its password is reset.")
+        p.statements.append(Statement(f"ALTER USER {acct} IDENTIFIED BY {PASSWORD_MARK}", "--adopt-role"))
+    else:
+        p.header.append(f"Creates user {acct} (fails, changing nothing, if it exists: see --adopt-role).")
+        p.statements.append(Statement(f"CREATE USER {acct} IDENTIFIED BY {PASSWORD_MARK}"))
     p.statements.append(Statement(f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO {acct}",
                                   "read the binlog; SHOW MASTER STATUS / BINARY LOGS"))
     for t in tables:
@@ -324,14 +354,58 @@ def setup_plan(src: MySQLSourceConfig, req: SetupRequest) -> tuple[Plan, Any]:
     import pymysql
 
     role = req.role or (src.user if src.user != "root" else "erpsync")
-    plan = plan_mysql(req.tables, role, req.password_env, req.host)
-    conn = None
-    if req.apply:
-        try:
-            conn = pymysql.connect(**mysql_dsn_args(req.admin_dsn or ""), connect_timeout=10)
-        except (ValueError, pymysql.MySQLError) as e:
-            raise SetupError(f"cannot connect with ${req.admin_dsn_env}: {e}") from None
-    return plan, conn
+    if role == "root":
+        raise SetupError("erpsync setup never alters 'root': pass --role NAME for a dedicated user")
+    if not req.apply:
+        return plan_mysql(req.tables, role, req.password_env, req.host, exists=req.adopt_role), None
+    try:
+        conn = pymysql.connect(**mysql_dsn_args(req.admin_dsn or ""), connect_timeout=10)
+    except ValueError as e:
+        raise SetupError(f"cannot connect with ${req.admin_dsn_env}: {e}") from None
+    except pymysql.MySQLError as e:
+        raise SetupError(f"cannot connect with ${req.admin_dsn_env}: {e.args[-1]}") from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM mysql.user WHERE User = %s AND Host = %s", (role, req.host))
+            exists = cur.fetchone() is not None
+    except Exception:
+        conn.close()
+        raise
+    if exists and not req.adopt_role:
+        conn.close()
+        raise SetupError(f"user {my_account(role, req.host)} exists and erpsync setup did not create it in "
+                         "this run: refusing to change its password or grants. Pass --role NAME for a "
+                         "dedicated user, or --adopt-role to take it over (resets its password)")
+    return plan_mysql(req.tables, role, req.password_env, req.host, exists=exists), conn
+
+
+def teardown(src: MySQLSourceConfig, say: Callable[[str], None]) -> bool:
+    """Nothing to drop; name the user to drop by hand — only when it looks like erpsync's setup user
+    (never root, never one with global ALL / SUPER)."""
+    say("MySQL/MariaDB: erpsync keeps nothing on the server (no slot).")
+    if src.user == "root":
+        return False
+    try:
+        conn = connect_sql(src, select_database=False)
+    except Exception:
+        say(f"If user {src.user!r} was created by `erpsync setup` and nothing else uses it, drop it by hand.")
+        return False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER()")
+            user_host = str(cur.fetchone()[0])
+            cur.execute("SHOW GRANTS")
+            glob = parse_grants([r[0] for r in cur.fetchall()]).get("*.*", set())
+    finally:
+        conn.close()
+    user, _, host = user_host.rpartition("@")
+    if glob & {"ALL PRIVILEGES", "ALL", "SUPER"}:
+        say(f"User {user_host} has global {', '.join(sorted(glob & {'ALL PRIVILEGES', 'ALL', 'SUPER'}))}: "
+            "not erpsync's setup user; leave it.")
+        return False
+    say("If nothing else uses it, drop the user erpsync setup created:")
+    say(f"  DROP USER {my_account(user, host)};")
+    return False
 
 
 class MySQLPlugin:
@@ -379,9 +453,7 @@ class MySQLPlugin:
         return None  # nothing to drop on the server
 
     def teardown(self, src: MySQLSourceConfig, say: Callable[[str], None]) -> bool:
-        say("MySQL/MariaDB: erpsync keeps nothing on the server (no slot); drop the user if unused:")
-        say(f"  DROP USER {my_account(src.user, '%')};")
-        return False
+        return teardown(src, say)
 
     def reset_snapshot(self, src: MySQLSourceConfig, tables: list[str]) -> None:
         return None  # a binlog reader holds nothing on the server

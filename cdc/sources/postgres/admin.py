@@ -37,8 +37,9 @@ from cdc.sources.admin import (
     diagnose,
     dsn_syntax_problem,
     first_line,
+    tls_check,
 )
-from cdc.sources.postgres.config import PostgresSourceConfig
+from cdc.sources.postgres.config import OWNED_MARK, PostgresSourceConfig
 
 # -- quoting and the DSN ---------------------------------------------------------------------------------
 
@@ -113,6 +114,30 @@ def pg_replication_privilege(c: Ctx) -> Check:
                  f"ALTER ROLE {pg_ident(user)} WITH REPLICATION;")
 
 
+def pg_least_privilege(c: Ctx) -> Check:
+    user, sup = c.q("SELECT rolname, rolsuper FROM pg_roles WHERE rolname = current_user")[0]
+    if sup:
+        return Check("least privilege", WARN, f"source.dsn connects as superuser {user!r}: erpsync needs "
+                     "only LOGIN REPLICATION and SELECT on the mapped tables",
+                     f"erpsync setup --config {c.inp.origin} --role erpsync  (review, then --apply), and "
+                     "point source.dsn at that role")
+    return Check("least privilege", PASS, f"role {user!r} is not a superuser")
+
+
+def pg_tls(c: Ctx) -> Check:
+    info = c.conn.info
+    params = c.conn.get_dsn_parameters()
+    mode = params.get("sslmode", "prefer")
+    host = info.host
+    if not info.ssl_in_use:
+        return tls_check("cleartext", host, f"sslmode={mode}, no TLS in use")
+    if mode == "verify-full":
+        return tls_check("verified", host, "sslmode=verify-full: certificate chain and host name checked")
+    if mode == "verify-ca":
+        return tls_check("verified", host, "sslmode=verify-ca: certificate chain checked, host name not")
+    return tls_check("unverified", host, f"sslmode={mode}")
+
+
 def pg_select(c: Ctx) -> Check:
     user = c.one("SELECT current_user")
     missing, denied = [], []
@@ -155,8 +180,10 @@ def pg_publication(c: Ctx) -> Check:
                      "create it (needs CREATE on the database and ownership of the tables)",
                      f"{create}  -- as the tables' owner or a superuser")
     if row[0][0]:
-        return Check("publication", PASS, f"publication {pubname!r} is FOR ALL TABLES (a narrower "
-                     "FOR TABLE publication decodes less)")
+        return Check("publication", WARN, f"publication {pubname!r} is FOR ALL TABLES: every table of the "
+                     "database is decoded and sent to erpsync, not only the mapped ones",
+                     f"DROP PUBLICATION {pg_ident(pubname)}; CREATE PUBLICATION {pg_ident(pubname)} "
+                     f"FOR TABLE {tables_sql};  -- if erpsync is its only user")
     have = {r[0] for r in c.q("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
                               "WHERE pubname = %s", (pubname,))}
     missing = [t for t in c.tables if t not in have]
@@ -255,8 +282,8 @@ def _pg_wal_for(c: Ctx, hours: float) -> float | None:
 
 
 PG_CHECKS: list[CheckFn] = [
-    pg_wal_level, pg_replication_slots, pg_wal_senders, pg_replication_privilege, pg_select, pg_publication,
-    pg_replica_identity_check, pg_slot, pg_slot_wal_keep]
+    pg_tls, pg_wal_level, pg_replication_slots, pg_wal_senders, pg_replication_privilege, pg_least_privilege,
+    pg_select, pg_publication, pg_replica_identity_check, pg_slot, pg_slot_wal_keep]
 
 
 # -- setup plan -----------------------------------------------------------------------------------------
@@ -264,12 +291,14 @@ PG_CHECKS: list[CheckFn] = [
 class PgLive:
     """What the server already has (so the plan neither fails on re-runs nor adds needless statements)."""
     role_exists: bool = False
+    role_ours: bool = False  # it carries OWNED_MARK (erpsync setup created it)
+    role_super: bool = False
     publication_tables: set[str] | None = None  # None: no publication; FOR ALL TABLES counts as all
     needs_full_identity: dict[str, str] = field(default_factory=dict)  # table -> reason
 
 
 def plan_postgres(src: PostgresSourceConfig, tables: list[str], role: str, password_env: str,
-                  live: PgLive | None = None) -> Plan:
+                  live: PgLive | None = None, adopt: bool = False) -> Plan:
     live = live or PgLive()
     dbname = pg_dsn_part(src.dsn.get_secret_value(), "dbname") or "postgres"
     p = Plan(role, password_env, ":'erpsync_password'")
@@ -278,9 +307,19 @@ def plan_postgres(src: PostgresSourceConfig, tables: list[str], role: str, passw
                 f'  psql "$ADMIN_DSN" -v erpsync_password="${password_env}" -f erpsync-setup.sql',
                 "or: erpsync setup --config FILE --apply --admin-dsn-env ADMIN_DSN"]
     r = pg_ident(role)
-    verb = "ALTER" if live.role_exists else "CREATE"
-    p.statements.append(Statement(f"{verb} ROLE {r} WITH LOGIN REPLICATION PASSWORD {PASSWORD_MARK}",
-                                  "REPLICATION: create the slot and read the WAL stream"))
+    mark = f"COMMENT ON ROLE {r} IS {pg_literal(OWNED_MARK)}"
+    if not live.role_exists:
+        p.header.append(f"Creates role {role!r} (marked as erpsync's with a COMMENT).")
+        p.statements.append(Statement(f"CREATE ROLE {r} WITH LOGIN REPLICATION PASSWORD {PASSWORD_MARK}",
+                                      "REPLICATION: create the slot and read the WAL stream"))
+        p.statements.append(Statement(mark, "setup and teardown touch only roles carrying this mark"))
+    else:
+        why = "created by erpsync setup" if live.role_ours else "taken over with --adopt-role"
+        p.header.append(f"Role {role!r} exists ({why}): its password is reset and REPLICATION granted.")
+        p.statements.append(Statement(f"ALTER ROLE {r} WITH LOGIN REPLICATION PASSWORD {PASSWORD_MARK}",
+                                      "REPLICATION: create the slot and read the WAL stream"))
+        if adopt and not live.role_ours:
+            p.statements.append(Statement(mark, "adopted: from now on erpsync's"))
     p.statements.append(Statement(f"GRANT CONNECT ON DATABASE {pg_ident(dbname)} TO {r}"))
     for schema in sorted({t.partition(".")[0] for t in tables}):
         p.statements.append(Statement(f"GRANT USAGE ON SCHEMA {pg_ident(schema)} TO {r}"))
@@ -292,6 +331,8 @@ def plan_postgres(src: PostgresSourceConfig, tables: list[str], role: str, passw
         p.statements.append(Statement(f"CREATE PUBLICATION {pub} FOR TABLE "
                                       + ", ".join(pg_table(t) for t in tables),
                                       "only the mapped tables are decoded and sent"))
+        p.statements.append(Statement(f"COMMENT ON PUBLICATION {pub} IS {pg_literal(OWNED_MARK)}",
+                                      "teardown drops only a publication carrying this mark"))
     else:
         missing = [t for t in tables if t not in live.publication_tables]
         if missing:
@@ -309,8 +350,11 @@ def pg_live(conn: Any, src: PostgresSourceConfig, tables: list[str], role: str) 
     """Inspect the server for plan_postgres (any role can read these catalogs)."""
     live = PgLive()
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-        live.role_exists = cur.fetchone() is not None
+        cur.execute("SELECT rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+                    (role,))
+        row = cur.fetchone()
+        if row is not None:
+            live.role_exists, live.role_super, live.role_ours = True, bool(row[0]), row[1] == OWNED_MARK
         cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (src.publication,))
         row = cur.fetchone()
         if row is not None:
@@ -325,6 +369,17 @@ def pg_live(conn: Any, src: PostgresSourceConfig, tables: list[str], role: str) 
             if ident and ident[1]:
                 live.needs_full_identity[t] = ident[1]
     return live
+
+
+def refuse_foreign_role(live: PgLive, role: str, adopt: bool) -> None:
+    """Setup changes only a role it created (or one handed over with --adopt-role), never a superuser."""
+    if live.role_super:
+        raise SetupError(f"role {role!r} is a superuser: erpsync setup never alters it; pass --role NAME "
+                         "for a dedicated least-privilege role")
+    if live.role_exists and not live.role_ours and not adopt:
+        raise SetupError(f"role {role!r} exists and was not created by erpsync setup (no erpsync COMMENT ON "
+                         "ROLE): refusing to change its password or privileges. Pass --role NAME for a "
+                         f"dedicated role, or --adopt-role to take {role!r} over (resets its password)")
 
 
 def pg_replica_identity(cur: Any, table: str) -> tuple[str, str | None] | None:
@@ -422,27 +477,42 @@ def setup_plan(src: PostgresSourceConfig, req: SetupRequest) -> tuple[Plan, Any]
             # never hand a superuser's name to ALTER ROLE: a dedicated role is the point of setup
             role = "erpsync" if row and row[0] else dsn_user
         role = role or "erpsync"
-        return plan_postgres(src, req.tables, role, req.password_env,
-                             pg_live(conn, src, req.tables, role)), conn
+        live = pg_live(conn, src, req.tables, role)
+        refuse_foreign_role(live, role, req.adopt_role)
+        return plan_postgres(src, req.tables, role, req.password_env, live, req.adopt_role), conn
+    except SetupError:
+        if conn is not None:
+            conn.close()
+        raise
     except psycopg2.Error as e:
+        if conn is not None:
+            conn.close()
+        reason = first_line(e) if isinstance(e, psycopg2.OperationalError) else dsn_syntax_problem(str(e))
         if req.apply:
-            if conn is not None:
-                conn.close()
-            raise SetupError(f"cannot connect with ${req.admin_dsn_env}: {first_line(e)}") from None
+            raise SetupError(f"cannot connect with ${req.admin_dsn_env}: {reason}") from None
         role = role or (dsn_user if dsn_user not in (None, "postgres") else "erpsync")
         plan = plan_postgres(src, req.tables, role, req.password_env)
-        plan.header.append("(server not inspected: REPLICA IDENTITY needs and existing objects unknown)")
-        return plan, conn
+        plan.header.append("(server not inspected: REPLICA IDENTITY needs and existing objects unknown; if "
+                           f"role {role!r} exists and is not erpsync's, pass --role NAME instead)")
+        return plan, None
 
 
 def teardown(src: PostgresSourceConfig, say: Callable[[str], None]) -> bool:
-    """Drop the slot and the publication. True: the stored position (of the dropped slot) is void."""
+    """Drop the slot and the publication — only erpsync's own: a same-named slot of another plugin or
+    database, or a publication without erpsync's mark, is left alone and named. True: the stored position
+    (of the dropped slot) is void."""
     from cdc.sources.postgres.replication import PostgresSource
 
     reader = PostgresSource(src, [])
     try:
-        reader.drop_slot()
+        reader.drop_slot()  # refuses a slot that is not erpsync's
         say(f"replication slot {src.slot!r} dropped (or did not exist)")
+        state = reader.publication_state()
+        if state == "foreign":
+            say(f"publication {src.publication!r} left alone: it does not carry erpsync's mark (another "
+                "tool's, or made by hand); if it is erpsync's, as its owner run: "
+                f"DROP PUBLICATION {pg_ident(src.publication)};")
+            return True
         try:
             reader.drop_publication()
         except Exception as e:

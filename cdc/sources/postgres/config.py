@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from cdc.sources.admin import MIN_HEARTBEAT_SECONDS, TlsConfig, dsn_syntax_problem
 
+# COMMENT ON ROLE / PUBLICATION of what erpsync created: setup and teardown touch only objects carrying it
+OWNED_MARK = "managed by erpsync (created by erpsync setup or run; erpsync teardown drops it)"
+
 
 def parse_dsn(dsn: str) -> dict[str, str]:
     """libpq's own reading of a DSN (key=value or URI). ValueError without any fragment of the DSN."""

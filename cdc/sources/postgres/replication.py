@@ -31,7 +31,7 @@ from cdc.changes import (
     SourceUnavailable,
 )
 from cdc.sources.admin import first_line, is_transient
-from cdc.sources.postgres.config import PostgresSourceConfig
+from cdc.sources.postgres.config import OWNED_MARK, PostgresSourceConfig
 from cdc.sources.postgres.decoder import (
     SESSION_OPTIONS,
     PgOutputDecoder,
@@ -206,6 +206,7 @@ class PostgresSource:
                                           f"{create.as_string(self.side)};")
             try:
                 self._q(create)
+                self._q(sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(pub, sql.Literal(OWNED_MARK)))
             except psycopg2.Error as e:
                 raise SourceMisconfigured(f"could not create publication {self.config.publication!r} "
                                           f"({e.pgerror or e}); as the tables' owner run: "
@@ -260,11 +261,26 @@ class PostgresSource:
 
     def _drop_slot(self) -> None:
         self._close_repl()
+        here = self.db or self._q("SELECT current_database()")[0][0]
+        rows = self._q("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
+                       (self.config.slot,))
+        if rows and (rows[0][0] != "pgoutput" or rows[0][1] != here):
+            raise SourceMisconfigured(f"replication slot {self.config.slot!r} is not erpsync's (plugin="
+                                      f"{rows[0][0]}, database={rows[0][1]}; erpsync uses pgoutput on "
+                                      f"{here}): left alone; set source.slot to another name")
         self._q("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                 "WHERE slot_name = %s AND NOT active", (self.config.slot,))
         if self._slot() is not None:
             raise SourceMisconfigured(f"replication slot {self.config.slot!r} is in use by another process "
                                       "(pg_replication_slots.active_pid); stop it first")
+
+    def publication_state(self) -> str:
+        """"absent", "ours" (it carries erpsync's COMMENT) or "foreign"."""
+        rows = self._q("SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s",
+                       (self.config.publication,))
+        if not rows:
+            return "absent"
+        return "ours" if rows[0][0] == OWNED_MARK else "foreign"
 
     def drop_publication(self) -> None:
         self._q(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.config.publication)))
