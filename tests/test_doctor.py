@@ -438,3 +438,50 @@ def test_missing_ca_file_is_a_config_error_naming_the_path(tmp_path: Path) -> No
         assert r.exit_code == 2, r.output
         assert "source.tls.ca_file" in r.output and "no such file" in r.output, r.output
         assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_mariadb_setup_teardown_and_doctor_respect_users_erpsync_did_not_create(
+        maria_ok: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERPSYNC_DB_PASSWORD", "pw-of-erpsync-2b7e")
+    monkeypatch.setenv("ADMIN_DSN", f"mysql://root:@127.0.0.1:{maria_ok.port}/")
+    root_cfg = write_config(tmp_path, my_source(maria_ok))
+    r = CliRunner().invoke(main, ["teardown", "--config", root_cfg, "--yes"])
+    assert r.exit_code == 0, r.output
+    assert "DROP USER" not in r.output, r.output  # never `DROP USER 'root'@'%'`
+    r = CliRunner().invoke(main, ["setup", "--config", root_cfg, "--role", "root"])
+    assert r.exit_code != 0 and "never alters 'root'" in r.output, r.output
+    _, checks, text = doctor(root_cfg)
+    assert checks["least privilege"]["status"] == "WARN", text
+    assert checks["tls"]["status"] == "PASS" and checks["tls"]["detail"].startswith("TLS: cleartext"), text
+
+    conn = maria_ok.connect()
+    with conn.cursor() as cur:
+        cur.execute("CREATE USER IF NOT EXISTS 'dolibarr'@'%' IDENTIFIED BY 'the-erp-apps-own-pw'")
+        cur.execute("SELECT authentication_string FROM mysql.user WHERE User = 'dolibarr'")
+        before = cur.fetchone()
+    try:
+        app_cfg = write_config(tmp_path, {**my_source(maria_ok, user="dolibarr"),
+                                          "password": "the-erp-apps-own-pw"})
+        r = CliRunner().invoke(main, ["setup", "--config", app_cfg, "--apply", "--admin-dsn-env",
+                                      "ADMIN_DSN"])
+        assert r.exit_code != 0, r.output
+        assert "'dolibarr'@'%' exists" in r.output and "--adopt-role" in r.output, r.output
+        with conn.cursor() as cur:
+            cur.execute("SELECT authentication_string FROM mysql.user WHERE User = 'dolibarr'")
+            assert cur.fetchone() == before
+            cur.execute("SHOW GRANTS FOR 'dolibarr'@'%'")
+            assert not any("REPLICATION" in g[0] for g in cur.fetchall())
+        printed = CliRunner().invoke(main, ["setup", "--config", app_cfg])
+        assert "CREATE USER 'dolibarr'@'%' IDENTIFIED BY" in printed.stdout  # fails on an existing user
+        assert "ALTER USER" not in printed.stdout and "IF NOT EXISTS" not in printed.stdout
+        r = CliRunner().invoke(main, ["setup", "--config", app_cfg, "--apply", "--adopt-role",
+                                      "--admin-dsn-env", "ADMIN_DSN"])
+        assert r.exit_code == 0, r.output
+        assert "ALTER USER 'dolibarr'@'%'" in r.output
+        r = CliRunner().invoke(main, ["teardown", "--config", write_config(
+            tmp_path, {**my_source(maria_ok, user="dolibarr"), "password": "pw-of-erpsync-2b7e"}), "--yes"])
+        assert r.exit_code == 0 and "DROP USER 'dolibarr'@'%';" in r.output, r.output
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS 'dolibarr'@'%'")
+        conn.close()
