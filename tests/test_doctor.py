@@ -485,3 +485,60 @@ def test_mariadb_setup_teardown_and_doctor_respect_users_erpsync_did_not_create(
         with conn.cursor() as cur:
             cur.execute("DROP USER IF EXISTS 'dolibarr'@'%'")
         conn.close()
+
+
+def _openssl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _tls_files() -> tuple[str, str, str]:
+    """A CA, a server certificate for 127.0.0.1 it signed, and another CA; readable by the server's user."""
+    import os
+    import pwd
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="erpsync-tls-")
+    for name in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                 "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.pem")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", f"{d}/server.key",
+             "-out", f"{d}/server.csr")
+    Path(f"{d}/ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", f"{d}/server.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", f"{d}/ext.cnf", "-out", f"{d}/server.pem")
+    os.chmod(f"{d}/server.key", 0o600)
+    os.chmod(d, 0o755)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        for f in (d, f"{d}/server.key", f"{d}/server.pem"):
+            os.chown(f, pw.pw_uid, pw.pw_gid)
+    return d, f"{d}/ca.pem", f"{d}/other-ca.pem"
+
+
+def test_pg_verified_tls_and_a_wrong_ca(tmp_path: Path) -> None:
+    import shutil
+
+    d, ca, other = _tls_files()
+    try:
+        with ThrowawayPostgres(extra_conf={"ssl": "on", "ssl_cert_file": f"'{d}/server.pem'",
+                                           "ssl_key_file": f"'{d}/server.key'"}) as pg:
+            pg_exec(pg.dsn(), PG_TABLE)
+            _, checks, text = doctor(write_config(tmp_path, {"kind": "postgres", "dsn": pg.dsn(),
+                                                             "tls": {"ca_file": ca}}))
+            assert checks["tls"]["status"] == "PASS", text
+            assert checks["tls"]["detail"].startswith("TLS: verified (sslmode=verify-full"), text
+            # the DSN's own sslmode is honoured: TLS, but nothing checked
+            _, checks, text = doctor(write_config(tmp_path, {"kind": "postgres",
+                                                             "dsn": pg.dsn() + " sslmode=require"}))
+            assert checks["tls"]["status"] == "WARN" and "TLS: unverified" in checks["tls"]["detail"], text
+            wrong = write_config(tmp_path, {"kind": "postgres", "dsn": pg.dsn(), "tls": {"ca_file": other}})
+            code, checks, text = doctor(wrong)
+            assert code == 1 and checks["connect"]["status"] == "FAIL", text
+            assert "certificate verify failed" in checks["connect"]["detail"], text
+            r = CliRunner().invoke(main, ["status", "--config", wrong])
+            assert "certificate verify failed" in r.output, r.output
+            assert r.exception is None or isinstance(r.exception, SystemExit), r.output
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
