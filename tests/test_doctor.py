@@ -542,3 +542,44 @@ def test_pg_verified_tls_and_a_wrong_ca(tmp_path: Path) -> None:
             assert r.exception is None or isinstance(r.exception, SystemExit), r.output
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_mariadb_verified_tls_on_the_control_and_binlog_connections(tmp_path: Path) -> None:
+    import os
+    import pwd
+    import shutil
+    import ssl
+
+    from cdc.sources.mysql.config import MySQLSourceConfig
+    from cdc.sources.mysql.connection import Dump, connect
+    from cdc.sources.mysql.position import BinlogPosition
+
+    d, ca, other = _tls_files()
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("mysql")
+        for f in (d, f"{d}/server.key", f"{d}/server.pem"):
+            os.chown(f, pw.pw_uid, pw.pw_gid)
+    try:
+        for db in _mariadb(binlog_row_metadata="FULL",
+                           extra_conf={"ssl_cert": f"{d}/server.pem", "ssl_key": f"{d}/server.key"}):
+            source = {**my_source(db), "tls": {"ca_file": ca, "verify": True}}
+            _, checks, text = doctor(write_config(tmp_path, source))
+            assert checks["tls"]["status"] == "PASS", text
+            assert checks["tls"]["detail"].startswith("TLS: verified"), text
+            cfg = MySQLSourceConfig.model_validate(source)
+            ctl = connect(cfg)
+            with ctl.cursor() as cur:
+                cur.execute("SHOW MASTER STATUS")
+                file, offset = cur.fetchone()[:2]
+            ctl.close()
+            dump = Dump(cfg, True, BinlogPosition(file, int(offset)), use_gtid=False, blocking=False)
+            try:
+                assert isinstance(dump.conn._sock, ssl.SSLSocket)  # the binlog dump is encrypted too
+                assert dump.read()  # and readable
+            finally:
+                dump.close()
+            code, checks, text = doctor(write_config(tmp_path, {**source, "tls": {"ca_file": other}}))
+            assert code == 1 and checks["connect"]["status"] == "FAIL", text
+            assert "CERTIFICATE_VERIFY_FAILED" in checks["connect"]["detail"].upper(), text
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
