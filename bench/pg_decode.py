@@ -112,7 +112,7 @@ def write_config(work: Path, dsn: str) -> Path:
         "stock": {"table": "public.stock_levels", "sku": "sku", "warehouse": "warehouse_code",
                   "quantity": "on_hand - reserved", "locations": LOCATIONS, "safety_stock": 1},
         # A configured sink (its deliveries rows are written, as in production); no delivery thread runs.
-        "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook"}],
+        "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook", "unsigned": True}],
         "outbox": {"path": str(work / "outbox.db")},
     }
     path = work / "erpsync.yaml"

@@ -115,7 +115,8 @@ def bench_config(dsn: str) -> Any:
     doc = {"source": {"kind": "postgres", "dsn": dsn, "slot": "bench", "publication": "bench"},
            "stock": {"table": "public.stock_levels", "sku": "sku", "warehouse": "warehouse_code",
                      "quantity": "on_hand - reserved", "locations": LOCATIONS, "safety_stock": SAFETY},
-           "sinks": [{"name": "bench-shop", "kind": "webhook", "url": "http://127.0.0.1:1/hook"}]}
+           "sinks": [{"name": "bench-shop", "kind": "webhook", "url": "http://127.0.0.1:1/hook",
+                      "unsigned": True}]}
     return load_config_text(yaml.safe_dump(doc))
 
 

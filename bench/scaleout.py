@@ -50,7 +50,8 @@ def round_(workers: int, facts: int, batch: int) -> tuple[float, float]:
         path.write_text(yaml.safe_dump({
             "source": {"kind": "postgres", "dsn": "host=unused"},
             "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
-            "sinks": [{"name": "shop", "kind": "webhook", "url": shop.endpoint, "max_batch": batch}],
+            "sinks": [{"name": "shop", "kind": "webhook", "url": shop.endpoint, "max_batch": batch,
+                       "unsigned": True}],
             "bus": {"kind": "nats", "url": nats.url, "partitions": PARTITIONS}}))
         cfg = load_config(path)
         pub = NatsPublisher(cfg.bus, {"shop": ["stock"]})

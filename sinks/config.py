@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+# A duration or rate: finite and positive (``.inf``, ``.nan``, 0 and negatives are refused at config load).
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+
+
+def check_url(url: str) -> str:
+    """An http(s) URL with a host and, if given, a port in 1..65535. The message never echoes the URL
+    (it may hold credentials)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL (a scheme and a host)")
+    if not parts.hostname:
+        raise ValueError("has no host (expected http(s)://host[:port]/path)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("port must be a number from 1 to 65535")
+    return url.strip()
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_to_remote(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
 
 class SinkConfigBase(BaseModel):
@@ -12,7 +50,7 @@ class SinkConfigBase(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     url: str = Field(description="base URL of the shop (or webhook endpoint)")
-    timeout_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: Seconds = 10.0
     max_batch: int | None = Field(None, gt=0, description="cap below the platform's own batch limit")
     max_attempts: int = Field(
         20, ge=1, description="retryable failures of one fact while the shop serves others, before the DLQ "
@@ -27,18 +65,55 @@ class SinkConfigBase(BaseModel):
     )
     kinds: list[Literal["stock", "price"]] = Field(default_factory=lambda: ["stock", "price"])
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return check_url(v)
+
+    def config_warnings(self) -> list[str]:
+        """Dangerous but legitimate settings, as ``field: why`` lines (config validate prints them, run logs
+        them)."""
+        out = []
+        if not self.verify_tls:
+            out.append("verify_tls: false: the shop's TLS certificate is not checked, so anyone on the path "
+                       "can read and change what is sent (a lab only)")
+        return out
+
 
 class WebhookSinkConfig(SinkConfigBase):
     kind: Literal["webhook"] = "webhook"
-    secret: SecretStr | None = Field(None, description="HMAC-SHA256 key for the X-Erpsync-Signature header")
+    secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key of the webhook-signature header (Standard Webhooks); required "
+        "unless unsigned: true")
+    unsigned: bool = Field(False, description="send without a signature (the receiver cannot tell a forged "
+                           "or replayed push): an explicit opt-in, warned about")
     batch_size: int = Field(500, gt=0, le=10_000)
     list_url: str | None = Field(
         None, description="GET returning {stock: {sku: {location: qty}}, prices: {sku: {list: {amount, "
         "currency, compare_at}}}} so the reconciler can list the receiver's state"
     )
-    list_timeout_seconds: float = Field(
-        120.0, gt=0, description="timeout of the list_url GET (one response holding the whole catalogue)"
+    list_timeout_seconds: Seconds = Field(
+        120.0, description="timeout of the list_url GET (one response holding the whole catalogue)"
     )
+
+    @field_validator("list_url")
+    @classmethod
+    def _check_list_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("is empty: set the receiver's key or opt in with unsigned: true")
+        return v
+
+    def config_warnings(self) -> list[str]:
+        out = super().config_warnings()
+        if self.unsigned and self.secret is None:
+            out.append("unsigned: true: pushes are not signed, so the receiver cannot tell them from forged "
+                       "or replayed ones")
+        return out
 
 
 PriceField = Literal["regular", "sale", "compare_at"]
@@ -50,10 +125,14 @@ class _ShopConfig(SinkConfigBase):
 
     allowed_price_fields: ClassVar[frozenset[str]] = frozenset({"regular", "sale", "compare_at"})
     max_requests_per_second: float | None = Field(
-        None, gt=0, description="pace requests client-side to stay under the host's rate limit"
+        None, gt=0, allow_inf_nan=False,
+        description="pace requests client-side to stay under the host's rate limit"
     )
     currency: str | None = Field(
         None, description="the shop's currency: price facts in another currency are refused; used by snapshot"
+    )
+    insecure_http: bool = Field(
+        False, description="allow plain http:// to a non-loopback host (the token travels in clear): a lab"
     )
 
     @model_validator(mode="after")
@@ -65,6 +144,20 @@ class _ShopConfig(SinkConfigBase):
                 f"not {sorted(set(bad.values()))}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_plain_http(self) -> _ShopConfig:
+        if plain_http_to_remote(self.url) and not self.insecure_http:
+            raise ValueError(
+                "url: plain http:// to a non-loopback host would send the shop's token in clear; use "
+                "https:// (or, for a lab, opt in with insecure_http: true)")
+        return self
+
+    def config_warnings(self) -> list[str]:
+        out = super().config_warnings()
+        if plain_http_to_remote(self.url):
+            out.append("insecure_http: true: the shop's token goes over plain http:// to a non-loopback host")
+        return out
 
 
 class ShopifySinkConfig(_ShopConfig):
@@ -88,7 +181,7 @@ class ShopifySinkConfig(_ShopConfig):
         10, ge=1, le=50, description="productVariantsBulkUpdate calls (one product each) aliased per request"
     )
     snapshot_mode: Literal["bulk", "pages"] = "bulk"
-    bulk_poll_seconds: float = Field(1.0, gt=0)
+    bulk_poll_seconds: Seconds = 1.0
 
 
 class WooCommerceSinkConfig(_ShopConfig):

@@ -1,17 +1,22 @@
-"""Generic JSON webhook sink: batched POST of facts, HMAC-SHA256 signed.
+"""Generic JSON webhook sink: batched POST of facts, signed per the Standard Webhooks spec.
 
-Request: ``POST <url>`` with ``{"facts": [fact.to_json(), ...]}`` and ``X-Erpsync-Signature:
-sha256=<hex HMAC of the raw body>``. Answer 2xx to accept all; optionally ``{"results": [{"status":
-"ok"|"error"|"retry", "message": ...}, ...]}`` aligned with the facts; 429/5xx (with Retry-After) to
-retry the batch; other 4xx to refuse it (a multi-fact batch is then retried fact by fact so one bad fact
+Request: ``POST <url>`` with ``{"facts": [fact.to_json(), ...]}`` and the headers ``webhook-id`` (unique per
+request), ``webhook-timestamp`` (Unix seconds) and ``webhook-signature: v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<raw body>">`` (see ``sign``). Answer 2xx to accept all; optionally ``{"results":
+[{"status": "ok"|"error"|"retry", "message": ...}, ...]}`` aligned with the facts; 429/5xx (with Retry-After)
+to retry the batch; other 4xx to refuse it (a multi-fact batch is then retried fact by fact so one bad fact
 does not sink the others).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import logging
+import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -34,11 +39,29 @@ from sinks.base import (
 )
 from sinks.config import WebhookSinkConfig
 
-SIGNATURE_HEADER = "X-Erpsync-Signature"
+log = logging.getLogger("erpsync.sinks.webhook")
+
+# Standard Webhooks (https://www.standardwebhooks.com, spec "standard-webhooks.md" of
+# github.com/standard-webhooks/standard-webhooks): the id and the timestamp are signed with the body, so a
+# receiver refuses a push older than its tolerance and an id it has already seen (a replay). One difference:
+# the HMAC key is the secret's UTF-8 bytes (the spec's libraries take it as "whsec_" + base64(secret)).
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+TOLERANCE_SECONDS = 300  # what a receiver should allow between webhook-timestamp and its clock (both ways)
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 of HMAC-SHA256(secret, "<id>.<timestamp>.<body>")."""
+    mac = hmac.new(secret, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signed_headers(secret: bytes, body: bytes, now: float | None = None) -> dict[str, str]:
+    """The three headers of one request: a fresh id (a retry is a new request: new id, new timestamp)."""
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    ts = int(time.time() if now is None else now)
+    return {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(secret, msg_id, ts, body)}
 
 
 class WebhookSink(Sink):
@@ -49,6 +72,8 @@ class WebhookSink(Sink):
         super().__init__(config)
         self.cfg = config
         self._secret = config.secret.get_secret_value().encode() if config.secret else None
+        if self._secret is None and not config.unsigned:
+            log.warning("sink %s: no secret: pushes go unsigned (set secret, or unsigned: true)", config.name)
         self.client = http_client(config, {"Content-Type": "application/json"})
 
     # push: hooks of Sink.push ---------------------------------------------------------------------------
@@ -66,7 +91,7 @@ class WebhookSink(Sink):
 
     def _post(self, facts: list[Fact], results: Results) -> None:
         body = json.dumps({"facts": [f.to_json() for f in facts]}, separators=(",", ":")).encode()
-        headers = {SIGNATURE_HEADER: sign(self._secret, body)} if self._secret else {}
+        headers = signed_headers(self._secret, body) if self._secret else {}
         try:
             resp = self.client.post(self.cfg.url, content=body, headers=headers)
         except httpx.TimeoutException:

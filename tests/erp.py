@@ -86,7 +86,8 @@ class Erp:
             "source": self.source(name),
             "stock": {"table": self.table(), "sku": "sku", "warehouse": "warehouse_code",
                       "quantity": "on_hand - reserved", "locations": LOCATIONS, "safety_stock": SAFETY},
-            "sinks": [{"name": "shop", "kind": "webhook", "url": shop_url, "timeout_seconds": 2}],
+            "sinks": [{"name": "shop", "kind": "webhook", "url": shop_url, "timeout_seconds": 2,
+                       "secret": "hook-test-key"}],
             "outbox": {"path": str(tmp_path / "outbox.db"), **outbox},
             "ops": {"listen": "127.0.0.1:0"},  # tests run side by side: never fight over the default port
         }

@@ -142,7 +142,7 @@ def test_worker_coalesces_dedups_and_never_regresses(nats_server: ThrowawayNats)
     cfg = load_config_text(yaml.safe_dump({
         "source": {"kind": "postgres", "dsn": "unused"},
         "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
-        "sinks": [{"name": "shop", "kind": "webhook", "url": emu.endpoint}],
+        "sinks": [{"name": "shop", "kind": "webhook", "url": emu.endpoint, "unsigned": True}],
         "bus": {"kind": "nats", "url": nats_server.url, "partitions": 2}}))
     pub = NatsPublisher(cfg.bus, {"shop": ["stock"]})
     stop = threading.Event()
@@ -187,7 +187,8 @@ def test_long_shop_outage_on_the_nats_path_dead_letters_nothing(nats_server: Thr
     cfg = load_config_text(yaml.safe_dump({
         "source": {"kind": "postgres", "dsn": "unused"},
         "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
-        "sinks": [{"name": "outage", "kind": "webhook", "url": emu.endpoint, "max_attempts": 2}],
+        "sinks": [{"name": "outage", "kind": "webhook", "url": emu.endpoint, "max_attempts": 2,
+                   "unsigned": True}],
         "bus": {"kind": "nats", "url": nats_server.url, "partitions": 1}}))
     pub = NatsPublisher(cfg.bus, {"outage": ["stock"]})
     stop = threading.Event()

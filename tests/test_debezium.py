@@ -52,7 +52,8 @@ def config(name: str, url: str, tmp: Path, shop_url: str, **source: Any) -> Any:
         "stock": {"table": "stock_levels", "key": ["id"], "sku": "sku", "warehouse": "warehouse_code",
                   "quantity": "on_hand - reserved", "safety_stock": 1,
                   "locations": {"WH-MAD": "madrid", "WH-BCN": "madrid", "WH-MIL": "milan"}},
-        "sinks": [{"name": "shop", "kind": "webhook", "url": shop_url, "timeout_seconds": 2}],
+        "sinks": [{"name": "shop", "kind": "webhook", "url": shop_url, "timeout_seconds": 2,
+                   "unsigned": True}],
         "outbox": {"path": str(tmp / "outbox.db")}, "ops": {"listen": "127.0.0.1:0"}}))
 
 

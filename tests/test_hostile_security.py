@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -352,3 +353,87 @@ def test_smtp_implicit_tls_is_verified(tmp_path: Path) -> None:
         assert len(got) == 1
     finally:
         ctl.stop()
+
+
+# Webhook signatures: a captured push cannot be replayed (issue 15, item 11) -------------------------------
+def _signed_push_recorder(sink: WebhookSink) -> list[httpx.Request]:
+    sent: list[httpx.Request] = []
+    sink.client.event_hooks["request"].append(sent.append)
+    return sent
+
+
+def _replay(req: httpx.Request) -> httpx.Response:
+    return httpx.post(str(req.url), content=req.content, headers=dict(req.headers))
+
+
+def test_replayed_webhook_push_is_refused_by_the_reference_receiver() -> None:
+    """The incident: an old signed push (50 in stock) replayed after the newer one (sold out)."""
+    secret = f"hook-{uuid.uuid4().hex}"
+    shop = WebhookEmulator(secret=secret)
+    shop.start()
+    sink = WebhookSink(WebhookSinkConfig(name="shop", url=shop.endpoint, secret=secret))
+    try:
+        sent = _signed_push_recorder(sink)
+        [r1] = sink.push([stock_fact("SKU-1", "madrid", 50, version=1)])
+        [r2] = sink.push([stock_fact("SKU-1", "madrid", 0, version=2)])
+        assert r1.outcome is Outcome.OK and r2.outcome is Outcome.OK
+        assert shop.stock() == {("SKU-1", "madrid"): 0}
+        old = _replay(sent[0])
+        assert old.status_code == 409, old.text  # the same webhook-id again: a replay
+        assert shop.stock() == {("SKU-1", "madrid"): 0}  # still sold out
+    finally:
+        sink.close()
+        shop.stop()
+
+
+def test_webhook_signature_binds_id_timestamp_and_body() -> None:
+    import time
+
+    from sinks.webhook import sign, signed_headers
+
+    secret = f"hook-{uuid.uuid4().hex}"
+    shop = WebhookEmulator(secret=secret)
+    shop.start()
+    body = b'{"facts":[{"kind":"stock","sku":"SKU-1","location":"madrid","available":50,"version":1}]}'
+    key = secret.encode()
+    try:
+        def post(headers: dict[str, str], content: bytes = body) -> int:
+            return httpx.post(shop.endpoint, content=content, headers=headers).status_code
+
+        stale = int(time.time()) - 600  # signed correctly, 10 minutes ago (outside the 5-minute tolerance)
+        assert post({"webhook-id": "msg_a", "webhook-timestamp": str(stale),
+                     "webhook-signature": sign(key, "msg_a", stale, body)}) == 401
+        h = signed_headers(key, body)
+        assert post({**h, "webhook-timestamp": str(int(h["webhook-timestamp"]) + 1)}) == 401  # moved
+        assert post({**h, "webhook-id": "msg_other"}) == 401  # another id
+        assert post(h, body.replace(b"50", b"51")) == 401  # another body
+        assert post({**h, "webhook-signature": sign(b"wrong-key", h["webhook-id"],
+                                                    int(h["webhook-timestamp"]), body)}) == 401
+        assert post(h) == 200 and shop.stock() == {("SKU-1", "madrid"): 50}
+        assert post(h) == 409  # and only once
+    finally:
+        shop.stop()
+
+
+def test_readme_verify_snippet_accepts_a_push_once(tmp_path: Path) -> None:
+    """The 5-line receiver check of README.md's "Webhook signatures" verifies what the sink sends."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+    from collections.abc import Callable
+
+    from sinks.webhook import signed_headers
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    snippet = readme.split("**Webhook signatures**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, object] = {"base64": base64, "hashlib": hashlib, "hmac": hmac, "time": time}
+    exec(snippet, scope)  # the project's own README
+    verify: Callable[..., bool] = scope["verify"]  # type: ignore[assignment]
+    body, seen = b'{"facts":[]}', set[str]()
+    h = signed_headers(b"k3y-readme", body)
+    assert verify(b"k3y-readme", h, body, seen) is True
+    assert verify(b"k3y-readme", h, body, seen) is False  # a replay
+    assert verify(b"other-key", signed_headers(b"k3y-readme", body), body, set()) is False
+    stale = signed_headers(b"k3y-readme", body, now=time.time() - 301)
+    assert verify(b"k3y-readme", stale, body, set()) is False

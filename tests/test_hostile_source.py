@@ -125,7 +125,8 @@ def test_server_gone_is_named(tmp_path: Path) -> None:
             "source": source,
             "stock": {"table": "stock_levels", "sku": "sku", "warehouse": "w", "quantity": "q",
                       "locations": {"W": "m"}},
-            "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook"}],
+            "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook",
+                       "unsigned": True}],
             "outbox": {"path": str(tmp_path / f"{kind}.db")}}))
         r = cli("run", "--config", str(p))
         assert r.returncode == 1, r.stderr
@@ -183,7 +184,7 @@ def _stock_config(tmp_path: Path, name: str, source: dict[str, object]) -> str:
         "source": source,
         "stock": {"table": "stock_levels", "sku": "sku", "warehouse": "w", "quantity": "q",
                   "locations": {"W": "m"}},
-        "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook"}],
+        "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook", "unsigned": True}],
         "outbox": {"path": str(tmp_path / f"{name}.db")}}))
     return str(p)
 

@@ -18,8 +18,10 @@ def config(tmp_path: Path, pg_dsn: str) -> str:
     return yaml.safe_dump({
         "source": {"kind": "postgres", "dsn": pg_dsn},
         "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
-        "sinks": [{"name": "first", "kind": "webhook", "url": "http://127.0.0.1:9/a", "max_attempts": 3},
-                  {"name": "second", "kind": "webhook", "url": "http://127.0.0.1:9/b", "max_attempts": 7}],
+        "sinks": [{"name": "first", "kind": "webhook", "url": "http://127.0.0.1:9/a", "max_attempts": 3,
+                   "unsigned": True},
+                  {"name": "second", "kind": "webhook", "url": "http://127.0.0.1:9/b", "max_attempts": 7,
+                   "unsigned": True}],
         "outbox": {"path": str(tmp_path / "outbox.db")}})
 
 

@@ -26,6 +26,8 @@ def run(config: str, drain_seconds: float, wait_for_erp: float) -> None:
     from erpsync.supervisor import Stop, Supervisor
 
     cfg = load(config)
+    for warning in cfg.config_warnings():  # dangerous but accepted settings: the operator must see them
+        log.warning("config: %s", warning)
     stop = _stop_on_signals()
     supervisor = Supervisor(cfg, drain_seconds=drain_seconds, wait_for_erp=wait_for_erp)
     try:
@@ -63,6 +65,8 @@ def worker(config: str, sink_name: str, partitions: str, name: str | None, batch
     from erpsync.delivery.nats_worker import Worker
 
     cfg = load(config)
+    for warning in cfg.config_warnings():
+        log.warning("config: %s", warning)
     if cfg.bus.kind != "nats":
         raise Fail(f"{config}: bus: `erpsync worker` needs bus: {{kind: nats, ...}}", 2)
     try:

@@ -1,11 +1,18 @@
 """Emulator of a webhook receiver: checks shape and signature, keeps the newest value per key, and
-records what a test needs to prove delivery (every value received, regressions, latency)."""
+records what a test needs to prove delivery (every value received, regressions, latency).
+
+With a secret it is the reference receiver of the signature scheme (Standard Webhooks,
+https://www.standardwebhooks.com): the ``webhook-signature`` HMAC over
+"<webhook-id>.<webhook-timestamp>.<body>", a timestamp within ``tolerance_seconds`` of its clock, and a
+``webhook-id`` not seen before (a replay)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import time
+from collections import deque
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -16,9 +23,14 @@ class WebhookEmulator(Emulator):
     platform = "webhook"
 
     def __init__(self, faults: Faults | None = None, *, secret: str | None = None, max_batch: int = 10_000,
-                 known_skus: set[str] | None = None, path: str = "/hook") -> None:
+                 known_skus: set[str] | None = None, path: str = "/hook",
+                 tolerance_seconds: float = 300) -> None:
         super().__init__(faults)
         self.secret = secret.encode() if secret else None
+        self.tolerance_seconds = tolerance_seconds
+        # webhook-ids received, oldest first, forgotten once their timestamp is refused anyway
+        self.seen_ids: set[str] = set()
+        self._seen_order: deque[tuple[int, str]] = deque()
         self.max_batch = max_batch
         self.known_skus = known_skus
         self.path = path
@@ -39,10 +51,8 @@ class WebhookEmulator(Emulator):
     def handle(self, req: Request) -> Response:
         if req.path != self.path or req.method != "POST":
             return Response(404, {"error": f"no route {req.method} {req.path}"})
-        if self.secret is not None:
-            want = "sha256=" + hmac.new(self.secret, req.body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(want, req.headers.get("x-erpsync-signature", "")):
-                return Response(401, {"error": "bad or missing X-Erpsync-Signature"})
+        if self.secret is not None and (refused := self.verify(req, self.secret)) is not None:
+            return refused
         body = req.json()
         facts = body.get("facts") if isinstance(body, dict) else None
         if not isinstance(facts, list) or not facts:
@@ -72,6 +82,31 @@ class WebhookEmulator(Emulator):
                     self.latencies.append(now - float(f["erp_commit_ts"]))
                 results.append({"status": "ok"})
         return Response(200, {"results": results})
+
+    def verify(self, req: Request, secret: bytes) -> Response | None:
+        """None if the request is signed with ``secret``, recent and new; else the refusal (401, or 409 for a
+        replayed webhook-id)."""
+        msg_id = req.headers.get("webhook-id", "")
+        ts = req.headers.get("webhook-timestamp", "")
+        if not msg_id or not ts.isdigit():
+            return Response(401, {"error": "missing webhook-id or webhook-timestamp"})
+        mac = hmac.new(secret, f"{msg_id}.{ts}.".encode() + req.body, hashlib.sha256).digest()
+        want = base64.b64encode(mac).decode()
+        sigs = req.headers.get("webhook-signature", "").split()  # several during a key rotation
+        given = [s.partition(",")[2] for s in sigs if s.startswith("v1,")]
+        if not any(hmac.compare_digest(want, g) for g in given):
+            return Response(401, {"error": "bad or missing webhook-signature"})
+        now = time.time()
+        if abs(now - int(ts)) > self.tolerance_seconds:
+            return Response(401, {"error": f"webhook-timestamp more than {self.tolerance_seconds:g}s away"})
+        with self.lock:
+            while self._seen_order and now - self._seen_order[0][0] > self.tolerance_seconds:
+                self.seen_ids.discard(self._seen_order.popleft()[1])
+            if msg_id in self.seen_ids:
+                return Response(409, {"error": "webhook-id already received (a replay)"})
+            self.seen_ids.add(msg_id)
+            self._seen_order.append((int(ts), msg_id))
+        return None
 
     def stock(self) -> dict[tuple[str, str], int]:
         with self.lock:
