@@ -1,6 +1,7 @@
 """Logging: JSON lines when stderr is not a terminal, plain text when it is. Secrets never reach here:
-config values are SecretStr and messages are written not to include them; the filter below is a last
-line of defence for values registered as secret."""
+config values are SecretStr and messages are written not to include them; the formatters below are a last
+line of defence for values registered as secret (cdc.redact: in their encoded forms too). Text lines show
+control characters of messages and fields escaped: a shop's error text or a SKU cannot forge a log line."""
 
 from __future__ import annotations
 
@@ -9,19 +10,9 @@ import logging
 import sys
 import time
 
-_SECRETS: set[str] = set()
+from cdc.redact import neutralise, redact, register_secret
 
-
-def register_secret(value: str | None) -> None:
-    if value and len(value) >= 4:
-        _SECRETS.add(value)
-
-
-def redact(text: str) -> str:
-    for s in _SECRETS:
-        if s in text:
-            text = text.replace(s, "***")
-    return text
+__all__ = ["JsonFormatter", "TextFormatter", "fields", "neutralise", "redact", "register_secret", "setup"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,13 +29,16 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        extra = " ".join(f"{k}={neutralise(redact(str(v)))}" for k, v in fields.items())
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{ts} {record.levelname:<7} {record.name}: {neutralise(redact(record.getMessage()))}"
         if extra:
             line += f" {extra}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # a traceback keeps its lines, each indented (a newline in an exception's message cannot
+            # start a line that looks like a record) and with other control characters escaped
+            exc = self.formatException(record.exc_info)
+            line += "".join(f"\n  {neutralise(x)}" for x in redact(exc).splitlines())
         return redact(line)
 
 

@@ -1,14 +1,20 @@
 """The ops HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz`` (readiness).
 
 Bound to ``ops.listen`` (loopback by default: metrics name tables, SKUs counts and sinks, and nothing here
-is authenticated). Readiness reads the outbox file with its own read-only SQLite connection, so it reflects
-what the delivery threads actually committed, not what they meant to do.
+is authenticated: a shop's error text is not shown, ``erpsync status`` has it). Readiness reads the outbox
+file with its own read-only SQLite connection, so it reflects what the delivery threads actually committed,
+not what they meant to do.
+
+Idle or slow clients cannot exhaust it: each connection has a socket timeout, and at most
+``max_connections`` are served at once; one more is answered 503 at once and closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,8 +51,11 @@ class OpsServer:
     """``OpsServer(cfg.ops, outbox_path, sink_names).start()``; ``.port`` is the bound port (also with
     listen port 0)."""
 
-    def __init__(self, ops: OpsConfig, outbox_path: str | Path, sinks: list[str]) -> None:
+    def __init__(self, ops: OpsConfig, outbox_path: str | Path, sinks: list[str], *,
+                 connection_timeout: float = 10.0, max_connections: int = 16) -> None:
         self.ops = ops
+        self.connection_timeout = connection_timeout
+        self.max_connections = max_connections
         self.outbox_path = Path(outbox_path)
         self.sinks = list(sinks)
         self.host, self.port = parse_listen(ops.listen)
@@ -60,11 +69,8 @@ class OpsServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> OpsServer:
-        server_cls = type("_OpsHTTPServer", (ThreadingHTTPServer,),
-                          {"daemon_threads": True, "handle_error": _quiet_handle_error})
+        server_cls = type("_OpsHTTPServer", (_BoundedHTTPServer,), {"max_connections": self.max_connections})
         if ":" in self.host:
-            import socket
-
             server_cls.address_family = socket.AF_INET6
         try:
             self._server = server_cls((self.host, self.port), _handler(self))
@@ -115,7 +121,7 @@ class OpsServer:
             reasons.append(f"outbox: cannot read: {e}")
         self.refresh_sink_gauges(ob)
         for name, s in (ob or {}).get("sinks", {}).items():
-            problem = sink_problem(s, now, self.ops.sink_down_seconds, since=self.started)
+            problem = sink_problem(s, now, self.ops.sink_down_seconds, since=self.started, with_error=False)
             if problem:
                 reasons.append(f"sink {name}: {problem}")
         body = {"ready": not reasons, "reasons": reasons, "source_connected": connected,
@@ -125,16 +131,50 @@ class OpsServer:
         return not reasons, body
 
 
-def _quiet_handle_error(_server: Any, _request: Any, client_address: Any) -> None:
-    # socketserver prints a traceback to stderr for any handler error (a client hanging up mid-answer);
-    # a debug line is enough, and stderr stays JSON when --log-format json.
-    peer = client_address[0] if client_address else "?"
-    log.debug("ops endpoint: connection from %s ended abnormally", peer)
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 17\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\n\r\n{\"error\": \"busy\"}")
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` of them."""
+
+    daemon_threads = True
+    max_connections = 16
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):  # a client that cannot even take 130 bytes: just close
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for any handler error (a client hanging up mid-answer);
+        # a debug line is enough, and stderr stays JSON when --log-format json.
+        peer = client_address[0] if client_address else "?"
+        log.debug("ops endpoint: connection from %s ended abnormally", peer)
 
 
 def _handler(ops: OpsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "erpsync-ops"
+        timeout = ops.connection_timeout  # socket timeout: an idle or half-sent request is closed
 
         def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: keep quiet
             pass

@@ -10,15 +10,17 @@ import time
 from typing import Any
 
 from cdc.outbox.views import open_readonly, outbox_status
+from cdc.redact import neutralise
 from erpsync.config import Config
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 
 def sink_problem(s: dict[str, Any], now: float, down_seconds: float,
-                 since: float | None = None) -> str | None:
+                 since: float | None = None, *, with_error: bool = True) -> str | None:
     """Why a sink counts as down, or None. Down = facts are waiting and every push for ``down_seconds``
-    has failed (its last success, if any, is older than its last error)."""
+    has failed (its last success, if any, is older than its last error). ``with_error=False`` leaves the
+    shop's error text out (the unauthenticated ops endpoint)."""
     if not s.get("pending"):
         return None
     err_at, ok_at = s.get("last_error_at"), s.get("last_ok_at")
@@ -30,8 +32,10 @@ def sink_problem(s: dict[str, Any], now: float, down_seconds: float,
     failing_for = now - start
     if failing_for < down_seconds:
         return None
-    return (f"no successful push for {failing_for:.0f}s with {s['pending']} pending; "
-            f"last error: {s.get('last_error') or '?'}")
+    why = f"no successful push for {failing_for:.0f}s with {s['pending']} pending"
+    if not with_error:
+        return f"{why} (last error: see `erpsync status`)"
+    return f"{why}; last error: {s.get('last_error') or '?'}"
 
 
 def gather(cfg: Config, *, erp: bool = True) -> dict[str, Any]:
@@ -123,7 +127,12 @@ def _erp_status(cfg: Config, report: dict[str, Any], stored: str | None, check: 
 
 
 def render(report: dict[str, Any]) -> str:
-    """The human view of ``gather()``."""
+    """The human view of ``gather()``: one line per item, with control characters of what a shop or the
+    ERP said (errors, names) escaped, so they cannot drive the terminal or forge a line."""
+    return "\n".join(neutralise(line) for line in _render_lines(report))
+
+
+def _render_lines(report: dict[str, Any]) -> list[str]:
     src = report["source"]
     lines = [f"source    {src['kind']} ({src['id']})  position {src.get('position') or '-'}"
              + ("" if src.get("snapshot_done") else "  (no completed snapshot)")]
@@ -151,4 +160,4 @@ def render(report: dict[str, Any]) -> str:
         if c["status"] != OK:
             lines.append(f"{c['status'].upper():<9} {c['name']}: {c['detail']}")
     lines.append(f"status    {report['status'].upper()}")
-    return "\n".join(lines)
+    return lines

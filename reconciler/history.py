@@ -8,6 +8,9 @@ from typing import Any
 
 import duckdb
 
+from cdc.private_files import make_private, private_dir, private_umask
+from cdc.redact import redact
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hist.runs (
     run_id BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP, sink VARCHAR, erp_position VARCHAR,
@@ -21,9 +24,13 @@ CREATE TABLE IF NOT EXISTS hist.items (
 
 
 def attach(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS hist")
-    con.execute(SCHEMA)
+    """The history file attached as ``hist``: created private (0600, a new directory 0700), an older one
+    readable by others made private."""
+    private_dir(path.parent)
+    make_private(path)
+    with private_umask():  # DuckDB creates the file (and its .wal) itself
+        con.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS hist")
+        con.execute(SCHEMA)
 
 
 def next_run_id(con: duckdb.DuckDBPyConnection) -> int:
@@ -35,10 +42,16 @@ def record(con: duckdb.DuckDBPyConnection, run_id: int, summaries: list[dict[str
     cols = ["run_id", "started_at", "finished_at", "sink", "erp_position", "erp_rows", "erp_keys",
             "shop_keys", "in_flight", "drift_total", "stock_mismatch", "price_mismatch", "missing_in_shop",
             "not_in_erp", "not_mapped", "healed", "error", "caught_up"]
-    con.executemany(f"INSERT INTO hist.runs VALUES ({', '.join('?' * len(cols))})",
-                    [[run_id if c == "run_id" else _utc(s.get(c)) for c in cols] for s in summaries])
-    con.execute("INSERT INTO hist.items SELECT $run, sink, drift, fact_kind, sku, scope, erp_value, "
-                "shop_value, severity, note FROM drift", {"run": run_id})
+    # a shop's error text may echo our credentials
+    rows = [[run_id if c == "run_id" else _redacted(_utc(s.get(c))) for c in cols] for s in summaries]
+    with private_umask():  # the .wal DuckDB writes beside the file
+        con.executemany(f"INSERT INTO hist.runs VALUES ({', '.join('?' * len(cols))})", rows)
+        con.execute("INSERT INTO hist.items SELECT $run, sink, drift, fact_kind, sku, scope, erp_value, "
+                    "shop_value, severity, note FROM drift", {"run": run_id})
+
+
+def _redacted(v: Any) -> Any:
+    return redact(v) if isinstance(v, str) else v
 
 
 def _utc(v: Any) -> Any:

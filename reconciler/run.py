@@ -17,6 +17,8 @@ import duckdb
 from cdc.mapping.model import LookupMapping, PriceMapping, StockMapping
 from cdc.outbox.store import open_reader
 from cdc.outbox.views import max_version, newer_keys, pending_keys, stored_position
+from cdc.private_files import private_dir, private_umask
+from cdc.redact import redact_values
 from cdc.sources.registry import SourcePlugin, plugin_for
 from reconciler import diff as d
 from reconciler import history
@@ -128,6 +130,8 @@ def reconcile(cfg: Reconcilable, *, sinks: list[str] | None = None, heal_drift: 
             summaries.append(summary)
             _reconcile_sink(cfg, rc, con, erp, scfg, summary, make_sink=make_sink, heal_drift=heal_drift,
                             force=force, by_name=bool(sinks), progress=progress)
+            # a shop's error text may echo our credentials: summaries feed stdout, reports, mail, history
+            summary.update({k: redact_values(v) for k, v in summary.items()})
     finally:
         if erp.outbox is not None:
             erp.outbox.close()
@@ -211,9 +215,10 @@ def _report(cfg: Reconcilable, rc: ReconcileConfig, con: duckdb.DuckDBPyConnecti
     history.record(con, run_id, summaries)
     trend = history.trend(con, rc.trend_runs)
     result = ReconcileResult(run_id, summaries)
-    result.html_path, result.csv_path = write_reports(
-        con, resolve(cfg.origin, rc.report_dir), summaries=summaries, trend=trend, run_id=run_id,
-        max_items=rc.report_items)
+    report_dir = private_dir(resolve(cfg.origin, rc.report_dir))
+    with private_umask():  # the report files: 0600
+        result.html_path, result.csv_path = write_reports(
+            con, report_dir, summaries=summaries, trend=trend, run_id=run_id, max_items=rc.report_items)
     con.close()
     if send_email and rc.email and (result.drift_total or not rc.email.only_on_drift):
         from reconciler.mail import build_message, send

@@ -437,3 +437,93 @@ def test_readme_verify_snippet_accepts_a_push_once(tmp_path: Path) -> None:
     assert verify(b"other-key", signed_headers(b"k3y-readme", body), body, set()) is False
     stale = signed_headers(b"k3y-readme", body, now=time.time() - 301)
     assert verify(b"k3y-readme", stale, body, set()) is False
+
+
+def test_outbox_and_history_files_are_private(tmp_path: Path) -> None:
+    """Created 0600 (directories 0700) whatever the umask: the outbox with its -wal and -shm, the history."""
+    import os
+
+    import duckdb
+
+    from reconciler.history import attach, record
+
+    old = os.umask(0o022)
+    try:
+        ob = Outbox(tmp_path / "state" / "outbox.db", {"shop": ["stock"]})
+        ob.begin()
+        ob.write_facts([stock_fact("A", "m", 1)])
+        ob.commit()
+        files = [tmp_path / "state" / n for n in ("outbox.db", "outbox.db-wal", "outbox.db-shm")]
+        modes = {f.name: oct(f.stat().st_mode & 0o777) for f in files}  # all three exist while open
+        ob.close()
+        con = duckdb.connect()
+        con.execute("CREATE TABLE drift (sink VARCHAR, drift VARCHAR, fact_kind VARCHAR, sku VARCHAR, "
+                    "scope VARCHAR, erp_value DECIMAL(38,4), shop_value DECIMAL(38,4), severity DOUBLE, "
+                    "note VARCHAR)")
+        hist = tmp_path / "hist" / "runs.duckdb"
+        attach(con, hist)
+        record(con, 1, [{"sink": "shop", "error": "x"}])
+        con.close()
+    finally:
+        os.umask(old)
+    assert modes == dict.fromkeys(modes, "0o600"), modes
+    assert hist.stat().st_mode & 0o777 == 0o600, oct(hist.stat().st_mode)
+    for d in (tmp_path / "state", tmp_path / "hist"):
+        assert d.stat().st_mode & 0o777 == 0o700, (d, oct(d.stat().st_mode))
+
+
+def test_text_logs_cannot_be_forged_with_newlines_from_shop_data() -> None:
+    import logging
+
+    from erpsync.logs import TextFormatter, fields
+
+    forged = "12:00:00 ERROR   erpsync: forged"
+    rec = logging.LogRecord("erpsync.delivery", logging.WARNING, __file__, 1, "push of %s refused: %s",
+                            ("SKU-1\r\n" + forged, "bad\x1b[2J\x1b]0;title\x07\x9b31m"), None)
+    rec.fields = fields(sku="A\n" + forged)["fields"]  # type: ignore[attr-defined]
+    try:
+        raise ValueError("shop said\n" + forged)
+    except ValueError:
+        import sys
+
+        rec.exc_info = sys.exc_info()
+    out = TextFormatter().format(rec)
+    first, *rest = out.split("\n")
+    assert "forged" in first and "\\n" in first and "\\r" in first
+    assert rest and all(line.startswith("  ") for line in rest), out  # the traceback, indented
+    assert not any(c in out for c in "\r\x1b\x07\x9b"), repr(out)
+
+
+def test_dlq_list_and_status_neutralise_terminal_escapes(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SKU and a shop error with ESC sequences, CR, BEL, C1 CSI and newlines: `dlq list` and `status`
+    print them escaped, one line per dead letter."""
+    sku = "SKU-\x1b[31mRED\x1b[0m"
+    error = "HTTP 400: bad\r\x1b]0;pwned\x07 \x9b2J\nerror: forged line"
+    outbox = tmp_path / "outbox.db"
+    cfg = {"source": {"kind": "postgres", "dsn": "host=127.0.0.1"},
+           "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"W": "m"}},
+           "sinks": [{"name": "shop", "kind": "webhook", "url": "http://127.0.0.1:9/hook",
+                      "secret": "${HOOK_SECRET}"}],
+           "outbox": {"path": str(outbox)}}
+    monkeypatch.setenv("HOOK_SECRET", f"hook-{uuid.uuid4().hex}")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ob = Outbox(outbox, {"shop": ["stock"]})
+    ob.begin()
+    ob.write_facts([stock_fact(sku, "m", 3), stock_fact("SKU-2", "m", 1)])
+    ob.commit()
+    ob.close()
+    q = SinkQueue(outbox, "shop")
+    p1, p2 = sorted(q.next_batch(10), key=lambda p: p.fact.sku)
+    q.mark_dead([(p1.fact if p1.fact.sku == sku else p2.fact, 1, error)])
+    q.mark_retry([(p2.fact if p1.fact.sku == sku else p1.fact, 1, 0.0, error)])
+    q.close()
+    code, out = cli("dlq", "list", "--config", str(path))
+    assert code == 0 and "RED" in out and "forged line" in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    _, out_s = cli("status", "--no-erp", "--config", str(path))
+    assert "forged line" in out_s, out_s
+    assert not any(line.startswith("error: forged") for line in out_s.splitlines()), out_s
+    for text in (out, out_s):
+        assert not any(c in text for c in "\r\x1b\x07\x9b"), repr(text)

@@ -204,3 +204,46 @@ def test_a_scraper_hanging_up_mid_answer_is_not_an_error(tmp_path, caplog, capsy
         s.stop()
     assert "Traceback" not in capsys.readouterr().err
     assert not [r for r in caplog.records if r.levelno >= 40 and r.name.startswith("erpsync")]
+
+
+def test_idle_half_requests_are_closed_and_threads_stay_bounded(tmp_path: Path) -> None:
+    """400 clients each send half a request and go quiet: the endpoint serves at most max_connections at
+    once (the rest are answered 503 and closed), closes the idle ones after its timeout, and then answers
+    a normal request again."""
+    import time
+
+    ops = OpsServer(OpsConfig(listen="127.0.0.1:0"), tmp_path / "none.db", [])
+    ops.connection_timeout, ops.max_connections = 1.0, 8
+    ops.start()
+    base_threads = threading.active_count()
+    socks: list[socket.socket] = []
+    peak = 0
+    try:
+        for _ in range(400):
+            s = socket.create_connection(("127.0.0.1", ops.port), timeout=5)
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")  # never the blank line that ends it
+            socks.append(s)
+            peak = max(peak, threading.active_count() - base_threads)
+        time.sleep(0.3)
+        peak = max(peak, threading.active_count() - base_threads)
+        assert peak <= 8 + 1, f"{peak} handler threads for 400 idle connections"
+        deadline = time.monotonic() + 10
+        still_open = list(socks)
+        while still_open and time.monotonic() < deadline:  # each one ends: 503 + close, or closed idle
+            s = still_open.pop(0)
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                while s.recv(4096):
+                    pass
+            except TimeoutError:
+                still_open.append(s)
+            except OSError:
+                pass  # reset: closed too
+        assert not still_open, f"{len(still_open)} idle connections never closed"
+        assert wait_for(lambda: threading.active_count() <= base_threads, timeout=5)
+        code, body = get(ops.url + "/healthz")
+        assert code == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        for s in socks:
+            s.close()
+        ops.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cdc.facts import Fact, FactKey, decode_value, encode_value
 from cdc.outbox.store import Transaction, open_reader
+from cdc.redact import redact
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class SinkQueue:
         if not items:
             return
         now = time.time()
+        items = [(f, a, d, redact(err)) for f, a, d, err in items]  # a shop may echo our credentials
         with Transaction(self.conn):
             self.conn.executemany(
                 "UPDATE deliveries SET attempts=?, next_at=?, last_error=? "
@@ -75,6 +77,7 @@ class SinkQueue:
         if not items:
             return
         now = time.time()
+        items = [(f, a, redact(err)) for f, a, err in items]  # a shop may echo our credentials
         with Transaction(self.conn):
             self.conn.executemany(
                 "INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(sink, kind, sku, scope) "
@@ -92,7 +95,7 @@ class SinkQueue:
         self.conn.execute(
             "INSERT INTO sink_status (sink, last_error, last_error_at) VALUES (?,?,?) ON CONFLICT(sink) "
             "DO UPDATE SET last_error=excluded.last_error, last_error_at=excluded.last_error_at",
-            (self.sink, error[:500], now))
+            (self.sink, redact(error)[:500], now))
 
     def close(self) -> None:
         self.conn.close()

@@ -8,6 +8,7 @@ Memory stays flat however long a shop is down: the backlog lives on disk.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc.facts import Fact, FactKey, decode_value, encode_value
+from cdc.private_files import create_private, make_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (
@@ -54,7 +56,14 @@ _IN_BATCH = 500  # SKUs per IN (...) look-up (well under SQLite's host-parameter
 
 
 def connect(path: str | Path, *, durable: bool = True) -> sqlite3.Connection:
-    """A connection in autocommit mode (we issue BEGIN ourselves), WAL, with a generous busy timeout."""
+    """A connection in autocommit mode (we issue BEGIN ourselves), WAL, with a generous busy timeout. A
+    new file is created 0600 (its -wal and -shm take its mode); an older one readable by others is made
+    private, with its -wal and -shm."""
+    if str(path) != ":memory:":
+        create_private(path)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):  # not ours (another user reading): leave it
+                make_private(f"{path}{suffix}")
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a committed outbox transaction survives power loss, because the ERP forgets it right after.
@@ -77,7 +86,6 @@ class Outbox:
     def __init__(self, path: str | Path, sinks: dict[str, list[str]] | None = None, *,
                  durable: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = connect(self.path, durable=durable)
         self.conn.executescript(SCHEMA)
         self._in_tx = False

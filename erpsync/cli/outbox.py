@@ -61,7 +61,7 @@ def _outbox_conn(config: str) -> Any:
 def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
     """List dead letters (oldest first)."""
     from cdc.outbox.views import dlq_list
-    from erpsync.logs import redact
+    from erpsync.logs import neutralise, redact
 
     rows = dlq_list(_outbox_conn(config), sink)
     if as_json:  # redacted: a shop's error text may echo our token or signature back
@@ -70,9 +70,9 @@ def dlq_list_cmd(config: str, sink: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("dead-letter table is empty")
         return
-    for r in rows:
-        click.echo(redact(f"{r['sink']:<14} {r['kind']:<6} {r['sku']:<24} {r['scope']:<12} "
-                          f"v{r['version']:<8} tries={r['attempts']:<3} {r['error']}"))
+    for r in rows:  # SKUs and shop errors with their control characters escaped: one line, no terminal codes
+        click.echo(neutralise(redact(f"{r['sink']:<14} {r['kind']:<6} {r['sku']:<24} {r['scope']:<12} "
+                                     f"v{r['version']:<8} tries={r['attempts']:<3} {r['error']}")))
 
 
 @dlq.command("retry")

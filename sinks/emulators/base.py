@@ -55,6 +55,8 @@ class Faults(BaseModel):
     retry_after: float = 1.0
     down: bool = Field(False, description="every request answers 503 (shop outage)")
     seed: int | None = None
+    echo_credentials: int = Field(0, ge=0, le=599, description="answer this status (0: off) with the "
+                                  "request's credentials echoed: plain, base64, JSON-escaped, quoted")
 
 
 @dataclass
@@ -158,6 +160,8 @@ class Emulator:
             return self._control(req)
         with self.lock:
             self.stats["requests"] += 1
+        if self.faults.echo_credentials:
+            return _echo_credentials(req, self.faults.echo_credentials)
         injected = self._injected()
         if injected is not None:
             return injected
@@ -211,6 +215,21 @@ class Emulator:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def _echo_credentials(req: Request, status: int) -> Response:
+    """A shop that echoes what authenticated the request: the Authorization header as sent (base64 of
+    user:password for Basic), decoded, JSON-escaped and quoted; token headers and query keys likewise."""
+    import base64
+
+    creds = [v for k, v in req.headers.items() if k in ("authorization", "x-shopify-access-token")]
+    creds += [v[0] for k, v in req.query.items() if k in ("consumer_key", "consumer_secret", "ws_key")]
+    parts: list[str] = []
+    for c in creds:
+        scheme, _, token = c.partition(" ")
+        plain = base64.b64decode(token).decode(errors="replace") if scheme.lower() == "basic" else c
+        parts.append(f"sent {c} = {plain} json {json.dumps(plain)} quoted {plain!r}")
+    return Response(status, "denied: " + "; ".join(parts), content_type="text/plain")
 
 
 class _Server(ThreadingHTTPServer):
