@@ -31,6 +31,10 @@ sink_throttled_total = Counter("erpsync_sink_throttled_total", "Throttled answer
                                registry=REGISTRY)
 sink_errors_total = Counter("erpsync_sink_errors_total", "Failed pushes by kind (retry|permanent)",
                             ["sink", "kind"], registry=REGISTRY)
+sink_bad_answers_total = Counter(
+    "erpsync_sink_bad_answers_total",
+    "Pushes that met a broken or hostile shop answer, by kind (too_large|deadline|redirect|bad_answer) or "
+    "failed inside the sink (crash); the facts stay in the outbox", ["sink", "kind"], registry=REGISTRY)
 dlq_size = Gauge("erpsync_dlq_size", "Facts in the dead-letter table", ["sink"], registry=REGISTRY)
 stock_clamped_total = Counter("erpsync_stock_clamped_total", "Negative stock sums clamped to 0",
                               registry=REGISTRY)

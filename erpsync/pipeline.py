@@ -264,9 +264,19 @@ class Pipeline:
         except Exception as e:  # lag is informative; never stop the stream for it
             log.debug("lag query failed: %s", e)
         self._refresh_gauges()
-        for d in self.deliverers:
-            if d.error is not None:
-                raise RuntimeError(f"delivery thread for sink {d.sink.name} died: {d.error}") from d.error
+        for i, d in enumerate(self.deliverers):
+            if d.error is not None and not d.is_alive():
+                self.deliverers[i] = self._restart(d)
+
+    def _restart(self, dead: Deliverer) -> Deliverer:
+        """A delivery thread that died (its sink's pushes cannot raise: the outbox failed under it) is that
+        sink's problem: said, and a new thread started (at most one per second, the pace of ``_tick``);
+        the ERP side and the other sinks go on."""
+        log.error("delivery thread for sink %s died (%s: %s); starting a new one", dead.sink.name,
+                  type(dead.error).__name__, dead.error)
+        d = Deliverer(dead.sink, self.cfg.outbox_path(), max_attempts=dead.max_attempts)
+        d.start()
+        return d
 
     def _refresh_gauges(self) -> None:
         try:

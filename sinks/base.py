@@ -7,13 +7,21 @@ need (``lookup``/``resolve``), group them into the platform's requests (``groups
 after bisecting the request when the refusal names one input value, so only the culprit is dead-lettered.
 ``snapshot`` implementations read the shop through ``listing``, the one retry loop for listing pages.
 ``ShopSink`` adds the HTTP side of the shop platforms: paced requests and the classification of answers.
+
+A shop's answer is read with ``bounded_request``: at most ``MAX_ANSWER_BYTES`` of DECODED body (a gzip
+bomb is decompressed piece by piece and cut at the cap) within one total deadline per request (a shop
+dripping its answer byte by byte never holds a push). Whatever goes wrong in a push (also an answer of an
+unexpected shape) ends as RETRY for its facts, never as an exception: a broken shop is that sink's problem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 import ssl
 import threading
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +29,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from time import monotonic, sleep, time
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -28,6 +37,8 @@ from cdc.facts import Fact, FactKey
 from sinks.config import SinkConfigBase
 
 T = TypeVar("T")
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # decoded body of one shop answer (a listing page is well below 1 MB)
 
 
 class Outcome(StrEnum):
@@ -43,6 +54,7 @@ class PushResult:
     message: str = ""
     retry_after: float | None = None  # seconds, from the platform's own signal when it gave one
     throttled: bool = False
+    problem: str = ""  # a broken or hostile answer's kind (RetryLater.kind): counted by the delivery side
 
 
 Results = dict[FactKey, PushResult]
@@ -53,11 +65,14 @@ class SinkError(RuntimeError):
 
 
 class RetryLater(Exception):
-    """A transient failure of one request (timeout, 429, 5xx, proxy HTML page, refused credentials)."""
+    """A failure of one request the facts wait out in the outbox: transient (timeout, 429, 5xx, proxy HTML
+    page) or an operator's problem (refused credentials, a redirect). ``kind`` names a broken or hostile
+    answer (``too_large``, ``deadline``, ``redirect``, ``bad_answer``), "" for the ordinary ones."""
 
-    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False,
+                 kind: str = "") -> None:
         super().__init__(message)
-        self.retry_after, self.throttled = retry_after, throttled
+        self.retry_after, self.throttled, self.kind = retry_after, throttled, kind
 
 
 class Permanent(Exception):
@@ -90,8 +105,15 @@ def failure(key: FactKey, e: RetryLater | Permanent, prefix: str = "") -> PushRe
     """A fact's result when the request carrying it failed: RETRY (with the shop's Retry-After and whether
     it throttled) or PERMANENT."""
     if isinstance(e, RetryLater):
-        return PushResult(key, Outcome.RETRY, f"{prefix}{e}", e.retry_after, e.throttled)
+        return PushResult(key, Outcome.RETRY, f"{prefix}{e}", e.retry_after, e.throttled, e.kind)
     return PushResult(key, Outcome.PERMANENT, f"{prefix}{e}")
+
+
+def unexpected(platform: str, e: Exception) -> RetryLater:
+    """An exception no classification foresaw (an answer of an unexpected shape: a JSON list where an
+    object belongs, XML that does not parse): the facts wait for the shop to answer sensibly again."""
+    return RetryLater(f"unexpected answer from {platform} ({type(e).__name__}: {str(e)[:200]})",
+                      kind="bad_answer")
 
 
 class Sink(ABC):
@@ -124,6 +146,9 @@ class Sink(ABC):
             except (RetryLater, Permanent) as e:
                 self.settle(e, todo, results, prefix="SKU lookup failed: ")
                 todo = []
+            except Exception as e:  # a broken answer must not stop the deliverer: the facts wait
+                self.settle(unexpected(self.platform, e), todo, results, prefix="SKU lookup failed: ")
+                todo = []
         ready = []
         for f in todo:
             if self.known(f.sku):
@@ -141,7 +166,11 @@ class Sink(ABC):
                     msg = f"stale id cache for {f.sku!r}: the shop no longer knows it"
                     results[f.key] = PushResult(f.key, Outcome.RETRY, msg, 0.0)
             if live:
-                self.write(group, live, results, started)
+                try:
+                    self.write(group, live, results, started)
+                except Exception as e:  # the facts this write did not settle wait for a sane answer
+                    self.settle(unexpected(self.platform, e), [f for f in live if f.key not in results],
+                                results)
         return [results[f.key] for f in facts]
 
     def screen(self, facts: list[Fact], results: Results) -> list[Fact]:
@@ -255,6 +284,10 @@ class Sink(ABC):
                 sleep(min(e.retry_after or 0.5 * attempt, 10.0))
             except Permanent as e:
                 raise SinkError(str(e)) from None
+            except SinkError:
+                raise
+            except Exception as e:  # an answer of an unexpected shape ends the snapshot, named
+                raise SinkError(str(unexpected(self.platform, e))) from None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def close(self) -> None:
@@ -282,6 +315,7 @@ class ShopSink(Sink):
         self.client = http_client(config, headers, **client_kw)
         self.pacer = Pacer(rate)
         self.stats: dict[str, float] = {"calls": 0, "throttled": 0}
+        self.max_answer_bytes = MAX_ANSWER_BYTES
 
     def close(self) -> None:
         self.client.close()
@@ -294,7 +328,9 @@ class ShopSink(Sink):
         platform = self.platform
         self.pacer.wait()
         try:
-            resp = self.client.request(method, self.api + path, **kw)  # type: ignore[arg-type]
+            resp = bounded_request(self.client, method, self.api + path, who=platform,
+                                   deadline=self.config.timeout_seconds, max_bytes=self.max_answer_bytes,
+                                   **kw)
         except httpx.TimeoutException as e:
             raise RetryLater(f"timeout talking to {platform} ({type(e).__name__})") from None
         except httpx.TransportError as e:
@@ -308,6 +344,8 @@ class ShopSink(Sink):
             raise RetryLater(f"{platform} refused the credentials ({describe_http_error(resp)})", 60.0)
         if resp.status_code >= 400:
             raise self.refusal(resp)
+        if resp.status_code >= 300:
+            raise moved(resp, platform)
         return resp
 
     def refusal(self, resp: httpx.Response) -> Permanent:
@@ -316,12 +354,15 @@ class ShopSink(Sink):
 
 
 def json_answer(resp: httpx.Response) -> Any:
-    """The answer's JSON body. A success whose body is not JSON tells nothing of what was applied: it is
-    treated as a refusal of the request (bisected, then dead-lettered)."""
+    """The answer's JSON body. A success whose body is not JSON (a text/plain "OK" from something in front
+    of the shop) tells nothing of what was applied: the facts are sent again later (a set of the newest
+    value is idempotent), never dead-lettered for the shop's fault."""
     try:
         return resp.json()
     except ValueError as e:
-        raise Permanent(str(e)) from None
+        ctype = resp.headers.get("content-type", "") or "no content type"
+        raise RetryLater(f"HTTP {resp.status_code} answer is not JSON ({ctype}: {e})",
+                         kind="bad_answer") from None
 
 
 def http_client(config: SinkConfigBase, headers: dict[str, str] | None = None, **kw: object) -> httpx.Client:
@@ -332,9 +373,119 @@ def http_client(config: SinkConfigBase, headers: dict[str, str] | None = None, *
     return httpx.Client(
         timeout=httpx.Timeout(config.timeout_seconds),
         verify=verify,
-        headers={"User-Agent": "erpsync/0.1", **(headers or {})},
+        # only the encodings bounded_request decodes under its cap
+        headers={"User-Agent": "erpsync/0.1", "Accept-Encoding": "gzip, deflate", **(headers or {})},
         **kw,  # type: ignore[arg-type]
     )
+
+
+class Watchdog:
+    """The total deadline of one request. httpx's timeout bounds each read, so a shop sending one byte per
+    second never trips it; at the deadline this shuts the request's connection down (its socket, seen
+    when connected, or on the answer of a reused connection), which ends any blocked read at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = monotonic() + seconds
+        self.fired = False
+        self.streams: list[Any] = []
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember the connection's stream as soon as it exists."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.watch(info.get("return_value"))
+
+    def watch(self, stream: Any) -> None:
+        if stream is not None:
+            self.streams.append(stream)
+            if self.fired:
+                self.fire()
+
+    def fire(self) -> None:
+        self.fired = True
+        for stream in self.streams:
+            sock = stream.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self, who: str) -> None:
+        if self.fired or monotonic() > self.at:
+            raise self.exceeded(who)
+
+    def exceeded(self, who: str) -> RetryLater:
+        return RetryLater(f"{who} did not answer within the {self.seconds:g} s deadline of one request "
+                          "(a slow or dripping answer)", kind="deadline")
+
+
+def bounded_request(client: httpx.Client, method: str, url: str, *, who: str, deadline: float,
+                    max_bytes: int = MAX_ANSWER_BYTES, **kw: Any) -> httpx.Response:
+    """One request whose answer is read within ``deadline`` seconds in total and whose DECODED body may
+    hold at most ``max_bytes`` (read piece by piece, so neither a huge body nor a gzip bomb is ever held
+    whole). Raises RetryLater (kind ``deadline``, ``too_large`` or ``bad_answer``) or httpx's errors."""
+    dog = Watchdog(deadline)
+    extensions = {**kw.pop("extensions", {}), "trace": dog.trace}
+    dog.timer.start()
+    try:
+        with client.stream(method, url, extensions=extensions, **kw) as resp:
+            dog.watch(resp.extensions.get("network_stream"))  # a reused connection is watched from here
+            body = read_capped(resp, max_bytes, dog, who)
+    except httpx.TransportError:
+        if dog.fired:
+            raise dog.exceeded(who) from None
+        raise
+    finally:
+        dog.timer.cancel()
+    dog.check(who)
+    headers = [(k, v) for k, v in resp.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(resp.status_code, headers=headers, content=body, request=resp.request)
+
+
+def read_capped(resp: httpx.Response, max_bytes: int, dog: Watchdog, who: str) -> bytes:
+    """The answer's body, decoded (identity, gzip, deflate) no further than ``max_bytes`` + 1."""
+    codings = [c.strip().lower() for c in resp.headers.get("content-encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+        raise RetryLater(f"{who} answered in an encoding not asked for ({', '.join(codings)})",
+                         kind="bad_answer")
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if codings else None  # | 32: gzip or zlib header
+    parts: list[bytes] = []
+    total = 0
+    for raw in resp.iter_raw():
+        data = raw
+        while data:
+            if inflate is None:
+                piece, data = data, b""
+            else:
+                try:
+                    piece = inflate.decompress(data, max_bytes - total + 1)  # never 0 (= unlimited)
+                except zlib.error as e:
+                    raise RetryLater(f"{who} sent a body that does not decompress ({e})",
+                                     kind="bad_answer") from None
+                data = b"" if inflate.eof else inflate.unconsumed_tail
+            total += len(piece)
+            if total > max_bytes:
+                raise RetryLater(f"{who} answered more than {max_bytes} bytes (decoded): answer refused",
+                                 kind="too_large")
+            parts.append(piece)
+        dog.check(who)
+    return b"".join(parts)
+
+
+def moved(resp: httpx.Response, who: str) -> RetryLater:
+    """A redirect: the configured URL is wrong (the shop moved, or something in front sends us to a login
+    page). A configuration problem, not the facts': they wait in the outbox until the URL is fixed."""
+    loc = resp.headers.get("location", "")
+    parts = urlsplit(loc)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    where = urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.netloc else parts.path
+    why = "moved permanently" if resp.status_code in (301, 308) else "redirected"
+    return RetryLater(f"{who} answered HTTP {resp.status_code} ({why}) to {where or '?'}: the sink's url "
+                      "is out of date, fix it in the config (the facts wait in the outbox)", 60.0,
+                      kind="redirect")
 
 
 def retry_after_seconds(resp: httpx.Response) -> float | None:

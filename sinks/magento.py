@@ -113,7 +113,8 @@ class MagentoSink(ShopSink):
                 for f in pending
             ]
             try:
-                self.call("POST", "/inventory/source-items", json={"sourceItems": items})
+                # the answer is a JSON list ([]): a text page of something in front tells nothing applied
+                json_answer(self.call("POST", "/inventory/source-items", json={"sourceItems": items}))
             except (RetryLater, Permanent) as e:
                 culprits = self._culprits(e, pending) if isinstance(e, Permanent) else {}
                 if not culprits:  # cannot tell which item: bisect to isolate it

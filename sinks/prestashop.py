@@ -31,6 +31,7 @@ from sinks.base import (
     ShopSink,
     describe_http_error,
     failure,
+    json_answer,
 )
 from sinks.config import PrestaShopSinkConfig
 
@@ -88,8 +89,14 @@ class PrestaShopSink(ShopSink):
 
     @staticmethod
     def _rows(resp: httpx.Response, resource: str) -> list[dict[str, Any]]:
-        body = resp.json()
-        return body.get(resource, []) if isinstance(body, dict) else []  # an empty result is a bare []
+        body = json_answer(resp)
+        if body == []:  # an empty result is a bare []
+            return []
+        rows = body.get(resource, []) if isinstance(body, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise RetryLater(f"PrestaShop answered {type(body).__name__} where a {resource!r} object belongs",
+                             kind="bad_answer")
+        return rows
 
     # resolution --------------------------------------------------------------------------------------
     def resolve(self, skus: list[str]) -> None:

@@ -166,7 +166,11 @@ class ShopifySink(ShopSink):
             try:
                 body = resp.json()
             except ValueError:
-                raise RetryLater(f"unparseable response: {describe_http_error(resp)}") from None
+                raise RetryLater(f"unparseable response: {describe_http_error(resp)}",
+                                 kind="bad_answer") from None
+            if not isinstance(body, dict):
+                raise RetryLater(f"unparseable response: JSON {type(body).__name__}, not an object",
+                                 kind="bad_answer")
             cost = (body.get("extensions") or {}).get("cost") or {}
             if cost.get("throttleStatus"):
                 self.bucket.update(cost["throttleStatus"])

@@ -68,7 +68,7 @@ class WooCommerceSink(ShopSink):
             self.stats["lookups"] += 1
             now = time.monotonic()
             wanted = set(part)
-            for p in resp.json():
+            for p in json_answer(resp):
                 if p.get("sku") in wanted:
                     self.ids[p["sku"]] = (int(p["id"]), int(p.get("parent_id") or 0), now)
 
@@ -160,11 +160,20 @@ class WooCommerceSink(ShopSink):
     def _pages(self, path: str) -> Iterator[dict[str, Any]]:
         page = 1
         while True:
-            resp = self.listing(lambda p=page: self.call("GET", path, params={"per_page": 100, "page": p}))
-            yield from resp.json()
-            if page >= int(resp.headers.get("X-WP-TotalPages") or 1):
+            # the page is parsed inside the retry loop: an unreadable page ends the snapshot as a SinkError
+            rows, pages = self.listing(lambda p=page: self._page(path, p))
+            yield from rows
+            if page >= pages:
                 return
             page += 1
+
+    def _page(self, path: str, page: int) -> tuple[list[dict[str, Any]], int]:
+        resp = self.call("GET", path, params={"per_page": 100, "page": page})
+        rows = json_answer(resp)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise RetryLater(f"{self.platform} listing page {page} is not a list of objects",
+                             kind="bad_answer")
+        return rows, int(resp.headers.get("X-WP-TotalPages") or 1)
 
     def snapshot(self) -> Iterator[Fact]:
         for p in self._pages("/products"):

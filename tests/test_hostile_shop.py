@@ -12,7 +12,7 @@ import pytest
 from cdc.facts import price_fact, stock_fact
 from sinks.base import Outcome
 from sinks.config import WebhookSinkConfig
-from sinks.emulators.base import Request, Response
+from sinks.emulators.base import Request, Response, gzip_bomb
 from sinks.emulators.webhook import WebhookEmulator
 from sinks.webhook import WebhookSink
 
@@ -159,3 +159,169 @@ def test_listing_a_large_receiver_is_not_cut_by_the_push_timeout() -> None:
         sink.close()
     finally:
         shop.stop()
+
+
+# -- a hostile or broken shop (issue 15): bounded, classified, the facts kept, the other shops served -------
+
+HOSTILE = {  # mode -> (problem kind, words of the message)
+    "gzip_bomb": ("too_large", "more than"),
+    "huge_body": ("too_large", "more than"),
+    "drip": ("deadline", "deadline"),
+    "redirect_301": ("redirect", "HTTP 301 (moved permanently) to /moved/"),
+    "redirect_302": ("redirect", "HTTP 302 (redirected) to /moved/"),
+    "text_200": ("bad_answer", ""),
+    "json_list": ("bad_answer", ""),
+}
+DEADLINE = 1.0  # the sinks' timeout_seconds in these tests: one request's whole time
+MEMORY_BOUND = 64 * 1024 * 1024  # traced peak while a shop answers 256 MiB (the decoded cap is 16 MiB)
+
+
+def timed_push(sink, facts, limit: float):  # type: ignore[no-untyped-def]
+    """(results, seconds, traced peak bytes) of sink.push, or None results if it did not return in time."""
+    import time
+    import tracemalloc
+
+    out: list = []
+    tracemalloc.start()
+    try:
+        t0 = time.monotonic()
+        t = threading.Thread(target=lambda: out.append(sink.push(list(facts))), daemon=True)
+        t.start()
+        t.join(limit)
+        elapsed = time.monotonic() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return (out[0] if out else None), elapsed, peak
+
+
+PLATFORM_CASES = [(k, m) for k in ("shopify", "woocommerce", "magento", "prestashop", "webhook")
+                  for m in HOSTILE if not (k == "webhook" and m in ("text_200", "json_list"))]
+
+
+@pytest.mark.parametrize("kind, mode", PLATFORM_CASES, ids=[f"{k}-{m}" for k, m in PLATFORM_CASES])
+def test_every_sink_bounds_and_classifies_a_hostile_answer(kind: str, mode: str) -> None:
+    """Each platform's push returns within its deadline with bounded memory; every fact is RETRY (kept in
+    the outbox, never dead-lettered) with the kind of trouble named. (A webhook receiver's 2xx accepts all
+    by contract, so its text and list answers are not hostile.)"""
+    from tests.sink_contract import make_facts, shop
+
+    problem, words = HOSTILE[mode]
+    if kind == "webhook":
+        emu = WebhookEmulator()
+        emu.start()
+        sink = WebhookSink(WebhookSinkConfig(name="hook", url=emu.endpoint, timeout_seconds=DEADLINE))
+        facts = list(FACTS)
+    else:
+        ctx = shop(kind, skus=4, sink_over={"timeout_seconds": DEADLINE})
+        emu, sink = ctx.__enter__()
+        facts = make_facts(kind, 4)
+        if (kind, mode) == ("magento", "json_list"):  # a source-items save answers a list: not hostile there
+            facts = [f for f in facts if f.kind == "price"]
+    try:
+        emu.set_faults(hostile=mode)
+        gzip_bomb(emu.faults.hostile_bytes)  # made once (seconds), before the clock starts
+        results, elapsed, peak = timed_push(sink, facts, 30 * DEADLINE)
+        assert results is not None, f"push still running after {elapsed:.0f}s"
+        assert peak < MEMORY_BOUND, f"{peak / 2**20:.0f} MiB traced while reading the answer"
+        assert [r.outcome for r in results] == [Outcome.RETRY] * len(facts), [r.message for r in results]
+        assert {r.problem for r in results} == {problem}, [r.message for r in results]
+        assert all(words in r.message for r in results), results[0].message
+        assert "hidden" not in results[0].message  # a redirect's query string is not repeated
+        # one request per push fails (a lookup or the write): within its deadline, plus a little
+        assert elapsed < (4 if kind == "prestashop" else 2) * DEADLINE + 2, elapsed
+    finally:
+        sink.close()
+        if kind == "webhook":
+            emu.stop()
+        else:
+            ctx.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("mode", list(HOSTILE))
+def test_a_hostile_shop_stops_neither_the_service_nor_another_shop(mode: str, pg_dsn: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real pipeline (PostgreSQL ERP → outbox → one Deliverer per sink) with a hostile WooCommerce shop and
+    a healthy webhook receiver: the service keeps running, the receiver keeps getting changes, the Woo
+    facts stay pending (not dead-lettered), each push ends within its deadline with bounded memory, and
+    the trouble is visible (the sink's last error, the counter by sink and kind)."""
+    import random
+    import time
+    import tracemalloc
+    from pathlib import Path
+
+    import yaml
+
+    from cdc.outbox.views import open_readonly, outbox_status
+    from erpsync import metrics
+    from erpsync.config import load_config
+    from erpsync.pipeline import Pipeline
+    from erpsync.testing import wait_for
+    from sinks.registry_emulators import make_emulator
+    from tests.erp import PostgresErp
+
+    problem, words = HOSTILE[mode]
+    erp = PostgresErp(pg_dsn)
+    erp.create_stock_table()
+    skus = erp.seed(5, random.Random(5))
+    hook, woo = WebhookEmulator(), make_emulator("woocommerce", skus=4)
+    hook.start()
+    woo.start()
+    woo.set_faults(hostile=mode)
+    gzip_bomb(woo.faults.hostile_bytes)
+    path = Path(erp.config(tmp_path, hook.endpoint))
+    raw = yaml.safe_load(path.read_text())
+    raw["sinks"].append({"name": "woo", "kind": "woocommerce", "url": woo.url, "timeout_seconds": DEADLINE,
+                         "consumer_key": "ck_emulator", "consumer_secret": "cs_emulator"})
+    path.write_text(yaml.safe_dump(raw))
+    pipeline = Pipeline(load_config(str(path)), drain_seconds=1)
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            pipeline.run(stop)
+        except BaseException as e:
+            errors.append(e)
+
+    def woo_status() -> dict:  # type: ignore[type-arg]
+        conn = open_readonly(pipeline.cfg.outbox_path())
+        try:
+            return outbox_status(conn, ["shop", "woo"])["sinks"]["woo"]
+        finally:
+            conn.close()
+
+    def counted() -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "erpsync_sink_bad_answers_total", {"sink": "woo", "kind": problem}) or 0.0
+
+    before = counted()
+    tracemalloc.start()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        assert wait_for(lambda: hook.stock() == erp.expected(), timeout=30), "healthy shop: no snapshot"
+        assert wait_for(lambda: counted() > before and words in (woo_status().get("last_error") or ""),
+                        timeout=20), woo_status()
+        got = len(hook.stock())
+        for n in range(20):  # the ERP goes on: the healthy shop keeps receiving
+            erp.execute("UPDATE stock_levels SET on_hand = on_hand + 1 WHERE sku=%s", (skus[n % 5],))
+        erp.execute("INSERT INTO stock_levels (sku, warehouse_code, on_hand) VALUES ('NEW-1', 'WH-MIL', 7)")
+        assert wait_for(lambda: hook.stock() == erp.expected(), timeout=30), "the healthy shop stopped"
+        assert len(hook.stock()) == got + 1
+        time.sleep(1.5)  # more Woo pushes fail meanwhile
+        assert t.is_alive() and not errors, errors
+        assert all(d.is_alive() for d in pipeline.deliverers)
+        s = woo_status()
+        assert s["pending"] >= 5 * 2 and s["dlq"] == 0, s  # kept: neither dead-lettered nor dropped
+        peak = tracemalloc.get_traced_memory()[1]
+        assert peak < MEMORY_BOUND, f"{peak / 2**20:.0f} MiB traced"
+        pushes = metrics.REGISTRY.get_sample_value("erpsync_sink_request_seconds_count", {"sink": "woo"}) or 0
+        took = metrics.REGISTRY.get_sample_value("erpsync_sink_request_seconds_sum", {"sink": "woo"}) or 0
+        assert pushes >= 1 and took / pushes < DEADLINE + 1.5, (took, pushes)
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        t.join(30)
+        hook.stop()
+        woo.stop()
+        erp.close()  # type: ignore[attr-defined]
+    assert not t.is_alive() and not errors, errors

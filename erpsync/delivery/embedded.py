@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cdc.outbox.queue import Pending, SinkQueue
 from erpsync import metrics
-from erpsync.delivery.policy import DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX, Action, judge
+from erpsync.delivery.policy import DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX, Action, SinkGuard, judge
 from erpsync.logs import fields
 from sinks.base import Sink
 
@@ -27,6 +27,7 @@ class Deliverer(threading.Thread):
                  idle_wait: float = 0.25) -> None:
         super().__init__(name=f"sink-{sink.name}", daemon=True)
         self.sink = sink
+        self.guard = SinkGuard(sink)  # a sink's exception is its facts' RETRY, never this thread's end
         self.path = outbox_path
         self.max_attempts = max_attempts
         self.idle_wait = idle_wait
@@ -93,7 +94,7 @@ class Deliverer(threading.Thread):
         facts = [p.fact for p in batch]
         started = time.time()
         with metrics.sink_request_seconds.labels(self.sink.name).time():
-            results = self.sink.push(facts)
+            results = self.guard.push(facts)
         now = time.time()
         ok, retry, dead = [], [], []
         judged = judge(results, [p.attempts for p in batch], self.max_attempts)

@@ -28,7 +28,7 @@ from erpsync import metrics
 from erpsync.config import Config, NatsBusConfig
 from erpsync.delivery.embedded import DOWN_PAUSE_FIRST, DOWN_PAUSE_MAX
 from erpsync.delivery.nats_bus import decode_fact, ensure_streams, subject
-from erpsync.delivery.policy import Action, judge
+from erpsync.delivery.policy import Action, SinkGuard, judge
 from erpsync.logs import fields
 from sinks.base import Outcome, Sink
 
@@ -54,6 +54,7 @@ class Worker:
 
             sink = make_sink(self.sink_cfg)
         self.sink = sink
+        self.guard = SinkGuard(sink)  # a sink's exception is its facts' RETRY (nak'd), never the worker's
         self.partitions = partitions
         self.name = name
         self.batch = batch
@@ -174,7 +175,7 @@ class Worker:
         if push:
             async with self._push_slots:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    None, self.sink.push, [f for f, _, _ in push])
+                    None, self.guard.push, [f for f, _, _ in push])
             ok = [(f, m, older) for (f, m, older), r in zip(push, results, strict=True)
                   if r.outcome is Outcome.OK]
             # the guard first, then the acks: a crash in between only re-pushes the same version

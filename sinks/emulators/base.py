@@ -7,15 +7,18 @@ Control endpoints (all platforms): ``GET /_emulator/state`` (what the shop holds
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import socket
 import ssl
 import threading
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,6 +58,14 @@ class Faults(BaseModel):
     retry_after: float = 1.0
     down: bool = Field(False, description="every request answers 503 (shop outage)")
     seed: int | None = None
+    # Hostile answers (fault injection, not platform behaviour): every API request gets one.
+    hostile: Literal["", "gzip_bomb", "huge_body", "drip", "redirect_301", "redirect_302", "text_200",
+                     "json_list"] = Field("", description=(
+        "gzip_bomb: a small gzip body inflating to hostile_bytes; huge_body: hostile_bytes of body, "
+        "streamed; drip: the whole answer one byte every drip_seconds; redirect_301/302: to /moved/...; "
+        "text_200: a text/plain 'OK'; json_list: a JSON list of strings where objects belong"))
+    hostile_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    drip_seconds: float = Field(0.2, gt=0)
     echo_credentials: int = Field(0, ge=0, le=599, description="answer this status (0: off) with the "
                                   "request's credentials echoed: plain, base64, JSON-escaped, quoted")
 
@@ -82,6 +93,8 @@ class Response:
     body: Any = None  # dict/list → JSON; str/bytes → as is
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    chunks: Iterator[bytes] | None = None  # a streamed body (Content-Length from headers) instead of body
+    drip: float = 0.0  # > 0: send the whole answer one byte at a time, this many seconds apart
 
     def encode(self) -> bytes:
         if self.body is None:
@@ -126,10 +139,13 @@ class Emulator:
         if "seed" in changes:
             self._rng = random.Random(changes["seed"])
 
-    def _injected(self) -> Response | None:
+    def _injected(self, req: Request) -> Response | None:
         f = self.faults
         if f.slow_ms:
             time.sleep(f.slow_ms / 1000)
+        if f.hostile:
+            self.stats["injected"] += 1
+            return hostile_answer(f, req.path)
         if f.down:
             return Response(503, {"error": "service unavailable"}, {"Retry-After": str(f.retry_after)})
         r = self._rng.random()
@@ -162,7 +178,7 @@ class Emulator:
             self.stats["requests"] += 1
         if self.faults.echo_credentials:
             return _echo_credentials(req, self.faults.echo_credentials)
-        injected = self._injected()
+        injected = self._injected(req)
         if injected is not None:
             return injected
         try:
@@ -232,6 +248,38 @@ def _echo_credentials(req: Request, status: int) -> Response:
     return Response(status, "denied: " + "; ".join(parts), content_type="text/plain")
 
 
+def hostile_answer(f: Faults, path: str) -> Response:
+    """The answer of ``Faults.hostile``."""
+    n = f.hostile_bytes
+    if f.hostile == "gzip_bomb":
+        return Response(200, gzip_bomb(n), {"Content-Encoding": "gzip"})
+    if f.hostile == "huge_body":
+        return Response(200, None, {"Content-Length": str(n)}, chunks=_spaces(n))
+    if f.hostile == "drip":
+        return Response(200, {"update": [], "data": {}, "pad": " " * 4096}, drip=f.drip_seconds)
+    if f.hostile in ("redirect_301", "redirect_302"):
+        return Response(int(f.hostile[-3:]), "", {"Location": f"/moved{path}?token=hidden"}, "text/plain")
+    if f.hostile == "text_200":
+        return Response(200, "OK", {}, "text/plain")
+    return Response(200, ["not", "an", "object"])
+
+
+@functools.cache
+def gzip_bomb(size: int) -> bytes:
+    """``size`` zero bytes, gzipped (about 1/1000 of it)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = bytes(1 << 20)
+    parts = [z.compress(block) for _ in range(size >> 20)]
+    return b"".join([*parts, z.compress(bytes(size & ((1 << 20) - 1))), z.flush()])
+
+
+def _spaces(n: int) -> Iterator[bytes]:
+    block = b" " * 65536
+    while n > 0:
+        yield block[:n]
+        n -= len(block)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     tls = False
@@ -262,13 +310,30 @@ def _handler_for(emu: Emulator) -> type[BaseHTTPRequestHandler]:
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
             data = resp.encode()
+            if resp.drip:
+                self._drip(resp, data)
+                return
             self.send_response(resp.status)
             self.send_header("Content-Type", resp.content_type)
-            self.send_header("Content-Length", str(len(data)))
+            if resp.chunks is None:
+                self.send_header("Content-Length", str(len(data)))
             for k, v in resp.headers.items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            with contextlib.suppress(OSError):  # a client refusing the rest hangs up
+                for chunk in resp.chunks or [data]:
+                    self.wfile.write(chunk)
+
+        def _drip(self, resp: Response, data: bytes) -> None:
+            head = (f"HTTP/1.1 {resp.status} OK\r\nContent-Type: {resp.content_type}\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n").encode()
+            self.close_connection = True
+            raw = head + data
+            with contextlib.suppress(OSError):
+                for i in range(len(raw)):
+                    self.wfile.write(raw[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(resp.drip)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
