@@ -30,10 +30,12 @@ from sinks.base import (
     Results,
     RetryLater,
     Sink,
+    bounded_request,
     describe_http_error,
     describe_transport_error,
     http_client,
     is_retryable_status,
+    moved,
     retry_after_seconds,
     singles,
 )
@@ -93,7 +95,8 @@ class WebhookSink(Sink):
         body = json.dumps({"facts": [f.to_json() for f in facts]}, separators=(",", ":")).encode()
         headers = signed_headers(self._secret, body) if self._secret else {}
         try:
-            resp = self.client.post(self.cfg.url, content=body, headers=headers)
+            resp = bounded_request(self.client, "POST", self.cfg.url, who="webhook receiver",
+                                   deadline=self.cfg.timeout_seconds, content=body, headers=headers)
         except httpx.TimeoutException:
             raise RetryLater("timeout") from None
         except httpx.TransportError as e:
@@ -102,6 +105,8 @@ class WebhookSink(Sink):
             for f, r in zip(facts, self._per_item(facts, resp), strict=True):
                 results[f.key] = r
             return
+        if 300 <= resp.status_code < 400:
+            raise moved(resp, "webhook receiver")
         if is_retryable_status(resp.status_code):
             raise RetryLater(describe_http_error(resp), retry_after_seconds(resp), resp.status_code == 429)
         raise Permanent(describe_http_error(resp), status=resp.status_code)
