@@ -140,7 +140,7 @@ def test_worker_coalesces_dedups_and_never_regresses(nats_server: ThrowawayNats)
     emu = WebhookEmulator()
     emu.start()
     cfg = load_config_text(yaml.safe_dump({
-        "source": {"kind": "postgres", "dsn": "unused"},
+        "source": {"kind": "postgres", "dsn": "host=127.0.0.1 dbname=unused"},  # never connected
         "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
         "sinks": [{"name": "shop", "kind": "webhook", "url": emu.endpoint, "unsigned": True}],
         "bus": {"kind": "nats", "url": nats_server.url, "partitions": 2}}))
@@ -185,7 +185,7 @@ def test_long_shop_outage_on_the_nats_path_dead_letters_nothing(nats_server: Thr
     emu.start()
     emu.set_faults(down=True, retry_after=0)
     cfg = load_config_text(yaml.safe_dump({
-        "source": {"kind": "postgres", "dsn": "unused"},
+        "source": {"kind": "postgres", "dsn": "host=127.0.0.1 dbname=unused"},  # never connected
         "stock": {"table": "t", "sku": "sku", "warehouse": "w", "quantity": "q", "locations": {"A": "a"}},
         "sinks": [{"name": "outage", "kind": "webhook", "url": emu.endpoint, "max_attempts": 2,
                    "unsigned": True}],
