@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlglot import exp
+
 from cdc.mapping.compiled import CompiledMapping
+from cdc.mapping.safe_sql import UnsafeSQL, checked, write
 from cdc.mapping.schema_check import SchemaError, check_rules
 from cdc.sources.admin import ConnectError, first_line
 from cdc.sources.registry import plugin_for
@@ -27,7 +30,7 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
     own = conn is None
     conn = conn or connect(cfg)
     try:
-        from cdc.mapping.snapshot_sql import facts_select
+        from cdc.mapping.snapshot_sql import facts_trees
 
         d = dialect(cfg)
         norm = CompiledMapping.of(cfg)
@@ -36,17 +39,23 @@ def check_mapping(cfg: Config, conn: Any | None = None) -> None:
             check_rules(conn, d, lk.table, f"lookups.{name}.table", rules, numeric=[],
                         extra_columns={f"lookups.{name}.key": lk.key})
         # rules calling lookup() are checked with the lookup as the correlated subquery the snapshot uses
-        render = facts_select(norm, d)  # builds (and validates) every subquery
+        render = facts_trees(norm, d)  # builds (and validates) every subquery
         for block in norm.blocks:
             check_rules(conn, d, block.table, f"{block.path}.table", list(block.rules.values()),
                         numeric=block.numeric, lookup_sql=_lookup_renderer(cfg, norm, d))
         with conn.cursor() as cur:  # the whole snapshot SELECT must run too (types of CASE, windows...)
-            for kind, sql in render.items():
+            for kind, tree in render.items():
+                where = "stock" if kind == "stock" else "prices"
+                none = exp.select(exp.Star()).from_(tree.subquery("q")).where(
+                    exp.EQ(this=exp.Literal.number(1), expression=exp.Literal.number(0)))
                 try:
-                    cur.execute(f"SELECT * FROM ({sql}) AS q WHERE 1 = 0")
+                    sql = checked(conn, write(none, d), d)
+                except UnsafeSQL as e:
+                    raise SchemaError(f"{where}: the snapshot SELECT is refused: {e}") from None
+                try:
+                    cur.execute(sql)
                 except Exception as e:
                     _reset(conn)
-                    where = "stock" if kind == "stock" else "prices"
                     raise SchemaError(f"{where}: the snapshot SELECT fails on the ERP: "
                                       f"{first_line(e)}") from None
     finally:

@@ -1,5 +1,6 @@
 """ERP side of a reconcile: the mapping's facts computed exactly like the stream, by the SELECTs of
-``cdc.snapshot_sql.facts_select`` (lookups, filter, reservations, safety stock, price validity, rounding).
+``cdc.mapping.snapshot_sql.facts_trees`` (lookups, filter, reservations, safety stock, price validity,
+rounding).
 
 Stock: the stock SELECT is split in two. Its per-row part (sku, location, qty, safety — lookups and the
 filter included) runs in the ERP and is streamed out; its GROUP BY part (sum, floor, safety, clamp) runs
@@ -14,6 +15,9 @@ while the ERP still produces them. A value the typed columns cannot hold exactly
 exponent) makes the rows be read again as text, cast by DuckDB.
 MySQL: an unbuffered cursor read with fetchmany into Arrow chunks, then the same aggregation.
 Everything is read in one consistent snapshot whose ERP log position is returned.
+
+Every SELECT here is a sqlglot tree until it is written for the database that runs it; a text about to
+run on the ERP is checked to be exactly one SELECT first (``cdc.mapping.safe_sql.checked``).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import sqlglot
 from sqlglot import exp
 
-from cdc.mapping.snapshot_sql import facts_select
+from cdc.mapping.safe_sql import checked, write
+from cdc.mapping.snapshot_sql import facts_trees
 from reconciler.progress import Progress, Quiet
 
 # every fact value (stock count, price) as DECIMAL(18,8): exact, 64-bit (fast), and prices' up to 8 places
@@ -56,23 +60,23 @@ class ErpSnapshot:
 class StockPlan:
     rows_sql: str   # run by the ERP: sku, location or warehouse, qty[, safety]
     columns: list[str]
-    location_sql: str | None  # DuckDB: the location from the warehouse, when the ERP sends the latter
+    location: exp.Expression | None  # DuckDB: the location from the warehouse, when the ERP sends it
     warehouses: list[str]     # those the location CASE maps
-    facts_sql: str  # run by DuckDB on ROWS_TABLE (sku, location, qty[, safety]): sku, location, available
+    facts: exp.Select  # run by DuckDB on ROWS_TABLE (sku, location, qty[, safety]): sku, location, available
 
 
-def plan_stock(select: str, dialect: str) -> StockPlan:
-    """Split facts_select's stock SELECT (``SELECT … FROM (<per-row SELECT>) AS r … GROUP BY …``) into
+def plan_stock(select: exp.Select, dialect: str) -> StockPlan:
+    """Split facts_trees' stock SELECT (``SELECT … FROM (<per-row SELECT>) AS r … GROUP BY …``) into
     the per-row SELECT for the ERP and the aggregation for DuckDB.
 
-    When the location is a CASE on the warehouse (always, from facts_select), the ERP sends the warehouse
+    When the location is a CASE on the warehouse (always, from facts_trees), the ERP sends the warehouse
     and DuckDB applies the CASE: the same literals mapped, each lookup evaluated once per row, and the
     warehouses of rows no location takes are at hand for the "not mapped" label. A constant safety
     (no per-SKU safety stock) is folded into the aggregation instead of being sent per row."""
-    outer = sqlglot.parse_one(select, read=dialect)
+    outer = select.copy()
     src = outer.args["from_"].this
     if not isinstance(src, exp.Subquery) or not isinstance(src.this, exp.Select):
-        raise ValueError(f"unexpected stock SELECT shape: {select[:200]}")
+        raise ValueError(f"unexpected stock SELECT shape: {outer.sql()[:200]}")
     inner = src.this.copy()
     columns = list(inner.named_selects)
     if columns[:4] != ["sku", "location", "qty", "safety"]:
@@ -86,24 +90,22 @@ def plan_stock(select: str, dialect: str) -> StockPlan:
             if col.name == "safety":
                 agg = col.parent
                 (agg if isinstance(agg, exp.Max) else col).replace(safety.copy())
-    location_sql, warehouses = None, []
+    location, warehouses = None, []
     case = selects[1].this
     if isinstance(case, exp.Case) and case.this is not None:
         subject = case.this
         if isinstance(subject, exp.Cast) and subject.to.is_type(exp.DataType.Type.BINARY):
-            # facts_select's MySQL CASE compares bytes (exact, like the stream); DuckDB compares exactly
+            # facts_trees' MySQL CASE compares bytes (exact, like the stream); DuckDB compares exactly
             # anyway, and the warehouse is wanted as text
             subject = subject.this
         selects[1] = subject.copy().as_("warehouse")
         columns[1] = "warehouse"
-        local = case.copy()
-        local.set("this", exp.column("warehouse"))
-        location_sql = local.sql(dialect="duckdb")
+        location = case.copy()
+        location.set("this", exp.column("warehouse"))
         warehouses = [w.this.name for w in case.args.get("ifs") or []]
     inner.set("expressions", selects)  # through set(): the nodes' parents must be right for generation
     outer.set("from_", exp.From(this=exp.to_table(ROWS_TABLE).as_("r")))
-    return StockPlan(inner.sql(dialect=dialect), columns, location_sql, warehouses,
-                     outer.sql(dialect="duckdb"))
+    return StockPlan(write(inner, dialect), columns, location, warehouses, outer)
 
 
 # reading ------------------------------------------------------------------------------------------------
@@ -111,6 +113,7 @@ def _pg_read(conn: Any, query: str, names: list[str], types: dict[str, pa.DataTy
              block_size: int, consume: Callable[[pa.RecordBatchReader], None] | None = None) -> pa.Table:
     """COPY ... TO STDOUT written into a pipe by a thread while pyarrow parses the other end. With
     ``consume``, the parsed batches are handed to it as a stream (returns an empty table)."""
+    query = checked(conn, query, "postgres")  # one SELECT: COPY (...) cannot be closed early by it
     r, w = os.pipe()
     error: list[BaseException] = []
     cur = conn.cursor()
@@ -157,7 +160,7 @@ def _mysql_read(conn: Any, query: str, names: list[str], progress: Progress, chu
 
     batches = []
     with conn.cursor(pymysql.cursors.SSCursor) as cur:
-        cur.execute(query)
+        cur.execute(checked(conn, query, "mysql"))
         while rows := cur.fetchmany(chunk):
             cols = list(zip(*rows, strict=True))
             batches.append(pa.table({n: pa.array([_text(v) for v in c], pa.string())
@@ -206,19 +209,26 @@ def _begin(conn: Any, dialect: str) -> str | None:
 
 def _aggregate(con: duckdb.DuckDBPyConnection, plan: StockPlan, rows: Any, *, typed: bool,
                unmapped_only: bool = False) -> None:
-    """facts_select's GROUP BY part on ``rows`` (a table or a stream of the per-row columns) into
+    """facts_trees' GROUP BY part on ``rows`` (a table or a stream of the per-row columns) into
     erp_facts; with ``unmapped_only``, the SKUs of rows no location takes into erp_unmapped instead."""
-    cols = ", ".join(f"CAST({c} AS DECIMAL(38,10)) AS {c}" if c in ("qty", "safety") and not typed else c
-                     for c in plan.columns)
-    if plan.location_sql:
-        cols += f", {plan.location_sql} AS location"
+    decimal = exp.DataType.build("DECIMAL(38,10)")
+    cols: list[exp.Expression] = [
+        exp.cast(exp.column(c), decimal).as_(c) if c in ("qty", "safety") and not typed else exp.column(c)
+        for c in plan.columns
+    ]
+    if plan.location is not None:
+        cols.append(plan.location.copy().as_("location"))
+    view = exp.Create(this=exp.to_table(ROWS_TABLE), kind="VIEW", replace=True,
+                      expression=exp.select(*cols).from_("_erp_rows"),
+                      properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
     con.register("_erp_rows", rows)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {ROWS_TABLE} AS SELECT {cols} FROM _erp_rows")
+    con.execute(write(view, "duckdb"))
     try:
         if not unmapped_only:
-            con.execute(f"INSERT INTO erp_facts SELECT 'stock', sku, location, CAST(available AS {VALUE}), "
-                        f"NULL FROM ({plan.facts_sql})")
-        elif plan.location_sql:
+            facts = exp.select(exp.Literal.string("stock"), "sku", "location",
+                               exp.cast(exp.column("available"), exp.DataType.build(VALUE)), exp.Null())
+            con.execute(write(exp.insert(facts.from_(plan.facts.subquery()), "erp_facts"), "duckdb"))
+        elif plan.location is not None:
             # SKUs the ERP holds only in warehouses no location takes
             con.execute(f"""
                 INSERT INTO erp_unmapped
@@ -268,7 +278,7 @@ def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: A
     ``now``: the instant price validity windows are evaluated at (default: the ERP's clock)."""
     snap = ErpSnapshot(position=None, started_at=time.time())
     started = time.monotonic()
-    selects = facts_select(cfg, dialect, now=now)
+    selects = facts_trees(cfg, dialect, now=now)
     plan = plan_stock(selects["stock"], dialect) if "stock" in selects else None
 
     def prog(label: str) -> Progress:
@@ -290,7 +300,7 @@ def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: A
             types = {**dict.fromkeys(plan.columns, pa.string()), "qty": QTY, "safety": QTY,
                      "warehouse": pa.dictionary(pa.int32(), pa.string())}
             rows = None
-            if dialect == "postgres" and plan.location_sql:
+            if dialect == "postgres" and plan.location is not None:
                 try:
                     rows = _stream_stock(conn, con, plan, {c: types[c] for c in plan.columns}, p, block)
                     typed = True
@@ -308,7 +318,7 @@ def snapshot_erp(conn: Any, dialect: str, con: duckdb.DuckDBPyConnection, cfg: A
         if "price" in selects:
             names = ["sku", "price_list", "amount", "currency", "compare_at"]
             p = prog("ERP prices")
-            prices, _ = _read(conn, dialect, selects["price"], names, {}, p, chunk_rows)
+            prices, _ = _read(conn, dialect, write(selects["price"], dialect), names, {}, p, chunk_rows)
             p.done()
             snap.rows += p.count
     finally:

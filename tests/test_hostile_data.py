@@ -403,3 +403,114 @@ def test_csv_report_neutralises_formulas_and_keeps_numbers(tmp_path: Path) -> No
     msg = email.message_from_bytes(build_message(cfg, "drift", "text", _html, csv_path).as_bytes())
     [att] = [p for p in msg.walk() if p.get_filename() == csv_path.name]
     assert att.get_payload(decode=True).decode() == raw
+
+
+# SQL built from config names (issue: location names, warehouse codes) --------------------------------------
+# A shop location name closing the snapshot SELECT's literal early and running two more statements; the
+# "--" comments out the rest of the (one-line) SELECT. Written against the old text post-processing
+# (a "THEN '" inside a name lost its doubled quote) and, with the backslash, against a session with
+# standard_conforming_strings off (where \' is an escaped quote).
+_TAIL = (" THEN 0 END, 0), 0) AS available FROM (SELECT 1 AS sku, NULL AS location, 0 AS qty, 0 AS safety) "
+         "AS r GROUP BY sku, location) AS q; DROP TABLE canary; "
+         "CREATE TABLE pwned AS SELECT current_user AS u; --")
+INJECTING_LOCATIONS = ["zTHEN '" + _TAIL, "\\'" + _TAIL]
+
+
+def _injection_config(erp: Any, tmp_path: Path, location: str) -> Path:
+    cfg = yaml.safe_load(Path(erp.config(tmp_path, "http://127.0.0.1:9/hook")).read_text())
+    cfg["stock"]["locations"] = {"WH-MAD": location}
+    cfg["stock"]["safety_stock"] = {location: 3}
+    path = tmp_path / "inj.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("location", INJECTING_LOCATIONS, ids=["then-quote", "backslash-quote"])
+def test_location_name_is_data_in_config_validate(pg_dsn: str, tmp_path: Path, location: str) -> None:
+    """`config validate` runs the snapshot SELECT on the ERP: the hostile location name is a plain value
+    there (OK, the canary table survives, nothing is created), and the SELECT gives it back verbatim."""
+    from click.testing import CliRunner
+
+    from cdc.mapping.snapshot_sql import facts_select
+    from erpsync.cli import main
+    from erpsync.config import load_config_text
+    from tests.erp import PostgresErp
+
+    erp = PostgresErp(pg_dsn)
+    try:
+        erp.create_stock_table()
+        erp.execute("CREATE TABLE canary (x int)")
+        erp.execute("INSERT INTO stock_levels (sku, warehouse_code, on_hand) VALUES ('S-1', 'WH-MAD', 10)")
+        path = _injection_config(erp, tmp_path, location)
+        r = CliRunner().invoke(main, ["--log-format", "text", "config", "validate", str(path)])
+        assert erp.query("SELECT count(*) FROM canary") == [(0,)]
+        assert erp.query("SELECT to_regclass('public.pwned') IS NULL") == [(True,)]
+        assert r.exit_code == 0, r.output
+        sql = facts_select(load_config_text(path.read_text(), str(path)), "postgres")["stock"]
+        assert erp.query(sql) == [("S-1", location, 7)]  # 10 on hand - 3 safety stock of that location
+    finally:
+        erp.close()
+
+
+def test_location_name_is_data_even_with_standard_conforming_strings_off(pg_dsn: str,
+                                                                          tmp_path: Path) -> None:
+    """An ERP session reading backslashes as escapes (standard_conforming_strings = off, e.g. set on the
+    database) must not turn a backslash-quote in a name into the end of the literal: the check sets the
+    session back to standard strings before running generated SQL."""
+    import psycopg2
+
+    from erpsync.config import load_config_text
+    from erpsync.erpdb import check_mapping
+    from tests.erp import PostgresErp
+
+    erp = PostgresErp(pg_dsn)
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        erp.create_stock_table()
+        erp.execute("CREATE TABLE canary (x int)")
+        conn.autocommit = True  # what an injected statement did would stay
+        with conn.cursor() as cur:
+            cur.execute("SET standard_conforming_strings = off")
+        path = _injection_config(erp, tmp_path, INJECTING_LOCATIONS[1])
+        check_mapping(load_config_text(path.read_text(), str(path)), conn)
+        assert erp.query("SELECT count(*) FROM canary") == [(0,)]
+        assert erp.query("SELECT to_regclass('public.pwned') IS NULL") == [(True,)]
+    finally:
+        conn.close()
+        erp.close()
+
+
+def test_generated_sql_runs_only_as_one_select() -> None:
+    """The last guard before the ERP: a text that is not exactly one SELECT is refused."""
+    from cdc.mapping.safe_sql import UnsafeSQL, one_select
+
+    assert one_select("SELECT 1 FROM t WHERE a = 'x; DROP TABLE y'", "postgres")
+    for sql in ("SELECT 1; DROP TABLE canary", "DROP TABLE canary", "SELECT 1 INTO pwned FROM t",
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "SELECT 1; SELECT 2"):
+        with pytest.raises(UnsafeSQL):
+            one_select(sql, "postgres")
+    with pytest.raises(UnsafeSQL):
+        one_select("SELECT 1; DROP TABLE canary", "mysql")
+
+
+def test_backslash_in_a_warehouse_code_reconciles_right_on_mariadb(mariadb_server: Any,
+                                                                    tmp_path: Path) -> None:
+    """MariaDB reads a backslash in a string literal as an escape: the snapshot SELECT must write the
+    warehouse code WH\\MIL so that it means WH\\MIL, or the stream (which maps it) and the snapshot differ."""
+    from tests.mapping_harness import MariaHarness
+
+    h = MariaHarness(mariadb_server, "dolibarr-mariadb.yaml", "dolibarr-mariadb.sql", tmp_path)
+    assert "WH-MIL: milan" in h.text
+    h.text = h.text.replace("WH-MIL: milan", "'WH\\MIL': milan")
+    try:
+        h.reset()
+        h.begin()
+        h.exec("INSERT INTO llx_product (rowid, ref, tosell) VALUES (1, 'P-1', 1)")
+        h.exec("INSERT INTO llx_entrepot (rowid, ref, statut) VALUES (1, %s, 1)", ("WH\\MIL",))
+        h.exec("INSERT INTO llx_entrepot (rowid, ref, statut) VALUES (2, 'WHMIL', 1)")
+        h.exec("INSERT INTO llx_product_stock (fk_product, fk_entrepot, reel) VALUES (1, 1, 5), (1, 2, 7)")
+        h.commit()
+        assert h.actual()["stock"] == {("P-1", "milan"): 5}  # the stream: WH\MIL is milan, WHMIL nothing
+        h.check()  # the snapshot SELECT on MariaDB says the same
+    finally:
+        h.close()

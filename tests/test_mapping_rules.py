@@ -178,7 +178,7 @@ def test_check_mapping_against_live_schema(h: PgHarness) -> None:
     bad = (
         (ROOT / "config" / "odoo-postgres.yaml")
         .read_text()
-        .replace("${ERP_DSN}", "x")
+        .replace("${ERP_DSN}", "host=x")
         .replace("value: barcode", "value: bar_code")
     )
     with pytest.raises(SchemaError, match=r"lookups\.location_code\.value"):
@@ -186,7 +186,7 @@ def test_check_mapping_against_live_schema(h: PgHarness) -> None:
 
 
 def test_config_refuses_unknown_lookup_and_untranspilable_rule() -> None:
-    text = (ROOT / "config" / "odoo-postgres.yaml").read_text().replace("${ERP_DSN}", "x")
+    text = (ROOT / "config" / "odoo-postgres.yaml").read_text().replace("${ERP_DSN}", "host=x")
     with pytest.raises(ConfigError, match=r"stock\.sku: lookup 'nope'"):
         load_config_text(
             text.replace(

@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlglot import exp
 
-from cdc.mapping.rules import Rule
+from cdc.mapping.rules import Rule, RuleError
+from cdc.mapping.safe_sql import UnsafeSQL, checked, write
 
 # DB-API type codes meaning "a number": PostgreSQL OIDs, and MySQL FIELD_TYPE codes
 PG_NUMERIC = {20, 21, 23, 26, 700, 701, 1700}
@@ -23,11 +24,11 @@ class SchemaError(ValueError):
     pass
 
 
-def table_sql(table: str, dialect: str) -> str:
+def table_tree(table: str) -> exp.Table:
+    """``schema.table`` (or ``table``) as a table node: each part one identifier, whatever it holds."""
     parts = table.split(".")
-    t = exp.Table(this=exp.to_identifier(parts[-1]),
-                  db=exp.to_identifier(parts[-2]) if len(parts) > 1 else None)
-    return t.sql(dialect=dialect, identify=True)
+    return exp.Table(this=exp.to_identifier(parts[-1], quoted=True),
+                     db=exp.to_identifier(parts[-2], quoted=True) if len(parts) > 1 else None)
 
 
 def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: list[Rule],
@@ -37,14 +38,19 @@ def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: lis
 
     ``extra_columns``: YAML path -> plain column that must exist (a lookup's key); ``lookup_sql`` renders
     lookup() calls (as the snapshot's correlated subqueries)."""
-    tsql = table_sql(table, dialect)
+    def none_of(table_alias: str | None, *cols: exp.Expression) -> str:  # SELECT cols FROM table WHERE 1 = 0
+        src = table_tree(table).as_(table_alias) if table_alias else table_tree(table)
+        tree = exp.select(*cols).from_(src).where(exp.EQ(this=exp.Literal.number(1),
+                                                         expression=exp.Literal.number(0)))
+        return checked(conn, write(tree, dialect), dialect)
+
     with conn.cursor() as cur:
         try:
-            cur.execute(f"SELECT 1 FROM {tsql} WHERE 1 = 0")
+            cur.execute(none_of(None, exp.Literal.number(1)))
         except Exception as e:
             rollback_quietly(conn)
             raise SchemaError(f"{table_path}: table {table} not found or not readable: {_msg(e)}") from None
-        cur.execute(f"SELECT * FROM {tsql} WHERE 1 = 0")
+        cur.execute(none_of(None, exp.Star()))
         columns = [d[0].lower() for d in cur.description or []]
         for path, col in (extra_columns or {}).items():
             if col.lower() not in columns:
@@ -56,7 +62,11 @@ def check_rules(conn: Any, dialect: str, table: str, table_path: str, rules: lis
                 raise SchemaError(f"{rule.path}: column {missing[0]!r} not found in {table} "
                                   f"(columns: {', '.join(columns)})")
             try:
-                cur.execute(f"SELECT {rule.sql(dialect, 't', lookup_sql)} FROM {tsql} AS t WHERE 1 = 0")
+                sql = none_of("t", rule.sql_tree("t", lookup_sql))
+            except (RuleError, UnsafeSQL) as e:
+                raise SchemaError(f"{rule.path}: {rule.text!r} cannot be checked on {table}: {e}") from None
+            try:
+                cur.execute(sql)
             except Exception as e:
                 rollback_quietly(conn)
                 raise SchemaError(f"{rule.path}: {rule.text!r} does not work on {table}: {_msg(e)}") from None
