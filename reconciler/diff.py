@@ -66,18 +66,25 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
     One FULL OUTER JOIN yields only the differing keys (usually a small share); everything after it —
     the labels, in-flight keys, the ERP's other keys of the same SKU — works on those few rows."""
     con.execute(DRIFT_TABLE)
-    where = [f"kind IN ({', '.join(_lit(k) for k in kinds)})"]
+    # the sink's kinds, locations and price lists (config values) are bound parameters, never SQL text;
+    # the SQL below is fixed text
+    params: dict[str, Any] = {"kinds": list(kinds)}
+    where = ["list_contains($kinds, kind)"]
     if locations:
-        where.append(f"(kind <> 'stock' OR scope IN ({', '.join(_lit(x) for x in locations)}))")
+        where.append("(kind <> 'stock' OR list_contains($locations, scope))")
+        params["locations"] = list(locations)
     if price_lists:
-        where.append(f"(kind <> 'price' OR scope IN ({', '.join(_lit(x) for x in price_lists)}))")
+        where.append("(kind <> 'price' OR list_contains($price_lists, scope))")
+        params["price_lists"] = list(price_lists)
     e_where, s_where = " AND ".join(where), where[0]
     e = f"(SELECT * FROM erp_facts WHERE {e_where})"  # inlined, not CTEs: a CTE used twice is copied
     s = f"(SELECT * FROM shop_facts WHERE {s_where})"
-    con.execute(_differing_keys_sql(e, s, kinds))
+    kind_params = {f"kind{i}": k for i, k in enumerate(kinds)}
+    con.execute(_differing_keys_sql(e, s, list(kind_params)), {**params, **kind_params})
     res = SinkDiff(sink)
-    res.erp_keys = con.execute(f"SELECT count(*) FROM erp_facts WHERE {e_where}").fetchone()[0]  # type: ignore[index]
-    res.shop_keys = con.execute(f"SELECT count(*) FROM shop_facts WHERE {s_where}").fetchone()[0]  # type: ignore[index]
+    s_params = {"kinds": params["kinds"]}
+    res.erp_keys = con.execute(f"SELECT count(*) FROM erp_facts WHERE {e_where}", params).fetchone()[0]  # type: ignore[index]
+    res.shop_keys = con.execute(f"SELECT count(*) FROM shop_facts WHERE {s_where}", s_params).fetchone()[0]  # type: ignore[index]
     res.in_flight = con.execute("SELECT count(*) FROM d SEMI JOIN in_flight f ON f.kind = d.fact_kind "
                                 "AND f.sku = d.sku AND f.scope = d.scope").fetchone()[0]  # type: ignore[index]
     con.execute("""
@@ -93,21 +100,22 @@ def classify(con: duckdb.DuckDBPyConnection, sink: str, *, kinds: list[str],
     return res
 
 
-def _differing_keys_sql(e: str, s: str, kinds: list[str]) -> str:
+def _differing_keys_sql(e: str, s: str, kind_params: list[str]) -> str:
     """DuckDB: table ``d`` of the keys where ``e`` (ERP facts) and ``s`` (shop facts) differ, labelled
-    with their drift kind, severity and a note for the report."""
+    with their drift kind, severity and a note for the report. ``kind_params``: the names of the bound
+    parameters holding the fact kinds (one join each)."""
     # one join per fact kind, on (sku, scope): a third key to hash costs a third more
     joins = " UNION ALL ".join(f"""
-            SELECT {_lit(kind)} AS fact_kind, coalesce(e.sku, s.sku) AS sku,
+            SELECT ${kind}::VARCHAR AS fact_kind, coalesce(e.sku, s.sku) AS sku,
                    coalesce(e.scope, s.scope) AS scope, e.value AS erp_value, s.value AS shop_value,
                    e.currency AS erp_currency, s.currency AS shop_currency,
                    e.sku IS NOT NULL AS in_erp, s.sku IS NOT NULL AS in_shop
-            FROM (SELECT * FROM {e} WHERE kind = {_lit(kind)}) e
-                 FULL OUTER JOIN (SELECT * FROM {s} WHERE kind = {_lit(kind)}) s
+            FROM (SELECT * FROM {e} WHERE kind = ${kind}) e
+                 FULL OUTER JOIN (SELECT * FROM {s} WHERE kind = ${kind}) s
                  ON e.sku = s.sku AND e.scope = s.scope
             WHERE e.sku IS NULL OR s.sku IS NULL OR e.value IS DISTINCT FROM s.value
                OR (e.currency IS NOT NULL AND s.currency IS NOT NULL AND e.currency <> s.currency)"""
-                           for kind in kinds)
+                           for kind in kind_params)
     return f"""
         CREATE OR REPLACE TEMP TABLE d AS
         WITH jr AS MATERIALIZED (  -- the few differing keys, used twice below
@@ -161,10 +169,6 @@ def _differing_keys_sql(e: str, s: str, kinds: list[str]) -> str:
                     WHEN drift = 'price_mismatch' AND erp_value = shop_value THEN 'currency differs'
                     END AS note
         FROM c WHERE drift IS NOT NULL"""
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def items(con: duckdb.DuckDBPyConnection, sink: str | None = None) -> list[dict[str, Any]]:

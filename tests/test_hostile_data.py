@@ -514,3 +514,29 @@ def test_backslash_in_a_warehouse_code_reconciles_right_on_mariadb(mariadb_serve
         h.check()  # the snapshot SELECT on MariaDB says the same
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("odd", ["o'neil", "x') OR 1=1 --", "WH\\MAD", "a'; DROP TABLE erp_facts; --"])
+def test_sink_location_and_price_list_names_are_values_in_the_diff(odd: str) -> None:
+    """The sink's locations and price lists (config) reach DuckDB as bound values: a quote, backslash or
+    comment in one selects exactly that scope and nothing else."""
+    import duckdb
+
+    from reconciler import diff
+
+    con = duckdb.connect()
+    for t in ("erp_facts", "shop_facts"):
+        con.execute(f"CREATE TABLE {t} (kind VARCHAR, sku VARCHAR, scope VARCHAR, value DECIMAL(18,8), "
+                    "currency VARCHAR)")
+    con.execute("CREATE TABLE erp_unmapped (sku VARCHAR, warehouses VARCHAR)")
+    diff.load_in_flight(con, [])
+    rows = [("stock", "S-1", odd, 5, None), ("stock", "S-1", "other", 5, None),
+            ("price", "S-1", odd, 9.5, "EUR"), ("price", "S-1", "retail", 9.5, "EUR")]
+    con.executemany("INSERT INTO erp_facts VALUES (?, ?, ?, ?, ?)", rows)
+    con.executemany("INSERT INTO shop_facts VALUES (?, ?, ?, ?, ?)",
+                    [("stock", "S-1", odd, 4, None), ("price", "S-1", odd, 9.0, "EUR")])
+    res = diff.classify(con, "shop", kinds=["stock", "price"], locations=[odd], price_lists=[odd])
+    assert (res.erp_keys, res.shop_keys) == (2, 2)
+    assert res.counts["stock_mismatch"] == 1 and res.counts["price_mismatch"] == 1 and res.total == 2
+    assert {(i["sku"], i["scope"]) for i in diff.items(con, "shop")} == {("S-1", odd)}
+    assert con.execute("SELECT count(*) FROM erp_facts").fetchone() == (4,)
