@@ -540,3 +540,31 @@ def test_sink_location_and_price_list_names_are_values_in_the_diff(odd: str) -> 
     assert res.counts["stock_mismatch"] == 1 and res.counts["price_mismatch"] == 1 and res.total == 2
     assert {(i["sku"], i["scope"]) for i in diff.items(con, "shop")} == {("S-1", odd)}
     assert con.execute("SELECT count(*) FROM erp_facts").fetchone() == (4,)
+
+
+def test_backtick_in_a_mariadb_table_name_is_quoted(mariadb_server: Any, tmp_path: Path) -> None:
+    """A mapped MariaDB table whose name holds a backtick: the source's checks and its snapshot quote it
+    (a backtick doubled), so the table is read and nothing else is."""
+    from cdc.sources.mysql.replication import MySQLSource
+    from erpsync.config import load_config_text
+    from tests.erp import MariaErp
+
+    db = mariadb_server.create_database("btick1")
+    erp = MariaErp(mariadb_server, db)
+    try:
+        erp.execute("CREATE TABLE `st``ock` (id INT PRIMARY KEY, sku VARCHAR(16), wh VARCHAR(16), qty INT)")
+        erp.execute("INSERT INTO `st``ock` VALUES (1, 'S-1', 'WH-MAD', 4)")
+        cfg = {"source": erp.source("erpsync"),
+               "stock": {"table": f"{db}.st`ock", "sku": "sku", "warehouse": "wh", "quantity": "qty",
+                         "locations": {"WH-MAD": "madrid"}},
+               "sinks": []}
+        conf = load_config_text(yaml.safe_dump(cfg), "<test>")
+        src = MySQLSource(conf.source, [f"{db}.st`ock"])
+        try:
+            src.prepare()
+            rows = [c.after for chunk in src.snapshot([f"{db}.st`ock"]) for c in chunk.changes]
+        finally:
+            src.close()
+        assert [(r["sku"], r["qty"]) for r in rows] == [("S-1", 4)]
+    finally:
+        erp.close()  # type: ignore[attr-defined]

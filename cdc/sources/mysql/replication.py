@@ -78,7 +78,7 @@ from cdc.sources.mysql.position import (
     maria_gtid_text,
     mysql_gtid_add,
 )
-from cdc.sources.mysql.schema import load_table_info, server_timezone
+from cdc.sources.mysql.schema import load_table_info, quote_ident, server_timezone
 from cdc.sources.mysql.snapshot import read_snapshot
 
 MAX_CHUNK = 5_000  # changes per chunk of a large transaction (bounded memory)
@@ -238,7 +238,7 @@ class MySQLSource:
         for t in self.tables:
             db, table = t.split(".", 1)
             try:
-                self._query(f"SELECT 1 FROM `{db}`.`{table}` LIMIT 0")
+                self._query(f"SELECT 1 FROM {quote_ident(db)}.{quote_ident(table)} LIMIT 0")
             except pymysql.err.MySQLError as e:
                 if e.args[0] in (1142, 1143, 1044):
                     raise SourceMisconfigured(f"user {self._who()} cannot read {t}: GRANT SELECT ON `{db}`.* "

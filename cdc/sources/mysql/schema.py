@@ -14,6 +14,12 @@ import pymysql
 
 from cdc.sources.mysql.decoder import ColumnInfo, TableInfo
 
+
+def quote_ident(name: str) -> str:
+    """A MySQL identifier quoted: in backticks, a backtick in it doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 Query = Callable[..., list[tuple[Any, ...]]]  # (sql, args=None) → rows
 
 _TEXT_ENC = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252", "ascii": "ascii",

@@ -16,6 +16,7 @@ from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.connection import connect
 from cdc.sources.mysql.decoder import ColumnInfo, TableInfo
 from cdc.sources.mysql.position import BinlogPosition
+from cdc.sources.mysql.schema import quote_ident
 
 
 def snapshot_position(conn: pymysql.connections.Connection, mariadb: bool, use_gtid: bool,
@@ -102,9 +103,9 @@ def _table_rows(conn: pymysql.connections.Connection, ti: TableInfo, wanted: Col
     cols = [c for c in ti.columns if wanted is None or c.name in wanted or c.name in ti.key]
     convs = [snapshot_converter(c, tz) for c in cols]
     names = [c.name for c in cols]
-    sel = ", ".join(f"`{c.name}`" for c in cols)
+    sel = ", ".join(quote_ident(c.name) for c in cols)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {sel} FROM `{ti.db}`.`{ti.table}`")
+        cur.execute(f"SELECT {sel} FROM {quote_ident(ti.db)}.{quote_ident(ti.table)}")
         while True:
             rows = cur.fetchmany(batch)
             if not rows:
