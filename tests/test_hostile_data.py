@@ -568,3 +568,41 @@ def test_backtick_in_a_mariadb_table_name_is_quoted(mariadb_server: Any, tmp_pat
         assert [(r["sku"], r["qty"]) for r in rows] == [("S-1", 4)]
     finally:
         erp.close()  # type: ignore[attr-defined]
+
+
+def test_mariadb_session_without_backslash_escapes_reads_the_literals_as_written(mariadb_server: Any) -> None:
+    """A MariaDB session in sql_mode NO_BACKSLASH_ESCAPES would read the snapshot SELECT's 'WH\\\\MAD' as
+    two backslashes: checked() puts the session back to backslash escapes before generated SQL runs."""
+    from cdc.mapping.safe_sql import checked
+    from cdc.mapping.snapshot_sql import facts_select
+    from erpsync.config import load_config_text
+    from tests.erp import MariaErp
+
+    erp = MariaErp(mariadb_server, mariadb_server.create_database("nbe1"))
+    try:
+        erp.create_stock_table()
+        erp.execute("INSERT INTO stock_levels (sku, warehouse_code, on_hand) VALUES ('S-1', %s, 6)",
+                    ("WH\\MAD",))
+        erp.execute("SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES')")
+        cfg = {"source": erp.source("erpsync"),
+               "stock": {"table": "stock_levels", "sku": "sku", "warehouse": "warehouse_code",
+                         "quantity": "on_hand", "locations": {"WH\\MAD": "madrid"}},
+               "sinks": []}
+        sql = facts_select(load_config_text(yaml.safe_dump(cfg), "<test>"), "mysql")["stock"]
+        rows = erp.query(checked(erp.conn, sql, "mysql"))
+        assert [(r[0], r[1], int(r[2])) for r in rows] == [("S-1", "madrid", 6)]
+    finally:
+        erp.close()  # type: ignore[attr-defined]
+
+
+def test_mysql_connection_allowing_several_statements_is_refused(mariadb_server: Any) -> None:
+    from pymysql.constants import CLIENT
+
+    from cdc.mapping.safe_sql import UnsafeSQL, checked
+
+    conn = mariadb_server.connect(client_flag=CLIENT.MULTI_STATEMENTS)
+    try:
+        with pytest.raises(UnsafeSQL, match="MULTI_STATEMENTS"):
+            checked(conn, "SELECT 1", "mysql")
+    finally:
+        conn.close()
