@@ -112,6 +112,7 @@ def test_every_node_of_the_tree_is_whitelisted(text: str, needle: str) -> None:
     ("qty + " + "x" * 20_000, "20006 characters long"),
     ("qty + " + "9" * 5000, "number literal of 5000 digits"),
     ("qty * 0." + "1" * 5000, "number literal of 5001 digits"),
+    ("qty * 1e999999", "number literal '1e999999' in rule 'qty * 1e999999' is out of range"),
 ])
 def test_nested_rule_and_huge_literal_are_clear_errors(text: str, needle: str) -> None:
     with pytest.raises(RuleError, match=r"^stock\.quantity: ") as e:

@@ -298,6 +298,13 @@ class Rule:
                 if digits > MAX_DIGITS:
                     raise RuleError(f"{self.path}: number literal of {digits} digits in rule "
                                     f"{_short(self.text)!r} (at most {MAX_DIGITS})")
+                try:
+                    size = abs(Decimal(node.this).adjusted())
+                except InvalidOperation:
+                    size = 0  # not a decimal number: the compile step names it
+                if size > MAX_DIGITS:
+                    raise RuleError(f"{self.path}: number literal {_short(node.this)!r} in rule "
+                                    f"{_short(self.text)!r} is out of range (at most {MAX_DIGITS} digits)")
             stack.extend((child, depth + 1) for child in node.iter_expressions())
 
     # codegen --------------------------------------------------------------------------------------
