@@ -21,6 +21,7 @@ from typing import Any
 import click
 import psycopg2
 
+from cdc.mapping.safe_sql import checked
 from cdc.mapping.snapshot_sql import facts_select
 from erpsync.config import Config, load_config
 from erpsync.pipeline import Pipeline
@@ -38,9 +39,9 @@ def expected(conn: Any, cfg: Config) -> View:
     """What the shop must show: the mapping's snapshot SELECT, run on the ERP (not erpsync's stream)."""
     selects = facts_select(cfg, "postgres")
     with conn.cursor() as cur:
-        cur.execute(selects["stock"])
+        cur.execute(checked(conn, selects["stock"], "postgres"))
         stock = {(s, loc): int(a) for s, loc, a in cur.fetchall()}
-        cur.execute(selects["price"])
+        cur.execute(checked(conn, selects["price"], "postgres"))
         prices = {(r[0], r[1]): Decimal(str(r[2])) for r in cur.fetchall()}
     return stock, prices
 
