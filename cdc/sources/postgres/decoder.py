@@ -6,7 +6,8 @@ and a SourceInfo is shared by all rows of one relation within one transaction (t
 
 Values arrive in PostgreSQL's text output format; the converters here are also used by the snapshot
 (which SELECTs ``col::text``), so streamed and snapshot values are converted identically. They assume the
-session settings ``TimeZone=UTC``, ``DateStyle=ISO``, ``bytea_output=hex`` (see SESSION_OPTIONS).
+session settings ``TimeZone=UTC``, ``DateStyle=ISO``, ``bytea_output=hex``, ``extra_float_digits=3`` (see
+SESSION_OPTIONS).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID
 
-from cdc.changes import UNCHANGED_TOAST, RowChange, SourceInfo
+from cdc.changes import UNCHANGED_TOAST, RowChange, SourceInfo, SourceMisconfigured
 
 # libpq "options" for every connection whose text output we parse (replication and snapshot alike).
-SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c bytea_output=hex -c IntervalStyle=postgres"
+# extra_float_digits=3 makes float4/float8 print an exact round-trip form (PostgreSQL 12+ prints the shortest
+# one for any value > 0; 3 is enough on older servers too): a database or role setting of 0 would round.
+SESSION_OPTIONS = ("-c TimeZone=UTC -c DateStyle=ISO -c bytea_output=hex -c IntervalStyle=postgres "
+                   "-c extra_float_digits=3")
 
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
 
@@ -214,6 +218,10 @@ Decoded = (RowChange | list[RowChange] | Begin | CommitMsg | Relation | Origin |
            | StreamStart | StreamStop | StreamCommit | StreamAbort)
 
 
+class UnknownType(SourceMisconfigured):
+    """A type OID of a streamed column that the current catalog no longer knows (e.g. a dropped domain)."""
+
+
 class DecodeError(ValueError):
     pass
 
@@ -366,7 +374,7 @@ class PgOutputDecoder:
             cols.append(Column(name, type_oid, typmod, bool(flags & 1)))
         rel = Relation(oid, schema or "public", table, ident, cols)
         rel.names = tuple(c.name for c in cols)
-        rel.converters = tuple(converter_for(self._resolve(c.type_oid)) for c in cols)
+        rel.converters = tuple(converter_for(self._resolve(c.type_oid, schema, table, c.name)) for c in cols)
         rel.parse = compile_tuple_parser(rel)
         key = rel.ident_columns = tuple(c.name for c in cols if c.is_key)
         if ident == "f" and self.key_resolver is not None:  # FULL flags every column; prefer the real key
@@ -377,10 +385,17 @@ class PgOutputDecoder:
         self._sources.pop(oid, None)
         return rel
 
-    def _resolve(self, type_oid: int) -> int:
+    def _resolve(self, type_oid: int, schema: str, table: str, column: str) -> int:
         if type_oid in CONVERTERS or self.type_resolver is None:
             return type_oid
-        return self.type_resolver(type_oid)
+        try:
+            return self.type_resolver(type_oid)
+        except UnknownType:
+            raise UnknownType(
+                f"column {schema}.{table}.{column} has type OID {type_oid}, which is no longer in the "
+                f"catalog (a dropped domain or type): its values cannot be decoded as the type they were "
+                f"written with. Take a fresh snapshot (erpsync snapshot --reset) to continue from the "
+                f"current state") from None
 
     def _type(self, buf: bytes) -> TypeMsg:
         pos = 5 if self._in_stream else 1

@@ -36,6 +36,7 @@ from cdc.sources.postgres.decoder import (
     SESSION_OPTIONS,
     PgOutputDecoder,
     Relation,
+    UnknownType,
     converter_for,
     int_to_lsn,
     lsn_to_int,
@@ -287,14 +288,18 @@ class PostgresSource:
 
     # -- catalog look-ups (shared by snapshot and stream so both convert and key identically) -----------
     def _base_type(self, oid: int) -> int:
-        """Domains decode as their base type; other user types (enums, arrays, ...) stay text."""
+        """Domains decode as their base type; other user types (enums, arrays, ...) stay text. A type the
+        catalog no longer holds (a domain dropped after the row was written) raises UnknownType: guessing
+        text would silently change the column's values."""
         if oid < FIRST_USER_OID:
             return oid
         if oid not in self._base_types:
             cur_oid = oid
             for _ in range(10):
                 rows = self._q("SELECT typtype, typbasetype FROM pg_type WHERE oid = %s", (cur_oid,))
-                if not rows or rows[0][0] != "d":
+                if not rows:
+                    raise UnknownType(f"type OID {cur_oid} is not in the catalog")
+                if rows[0][0] != "d":
                     break
                 cur_oid = rows[0][1]
             self._base_types[oid] = cur_oid
