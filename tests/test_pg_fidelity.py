@@ -88,3 +88,90 @@ def test_reader_behind_a_dropped_domain_stops_naming_the_column(pg_dsn: str, mak
     got = rows(drain(knew, start, end))
     assert [(r.after["id"], r.after["price"]) for r in got] == [(1, Decimal("6.50")), (2, Decimal("7.50"))]
     assert all(type(r.after["price"]) is Decimal for r in got)
+
+
+def test_sql_connection_for_reconcile_reads_floats_exactly(pg_dsn: str) -> None:
+    from cdc.sources.postgres.admin import connect_sql
+    from cdc.sources.postgres.config import PostgresSourceConfig
+
+    execute(pg_dsn, f'ALTER DATABASE "{_db(pg_dsn)}" SET extra_float_digits = 0')
+    conn = connect_sql(PostgresSourceConfig(dsn=pg_dsn))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 0.1::float8 + 0.2::float8, 5592405.5::real")
+            assert cur.fetchone() == (0.30000000000000004, 5592405.5)
+    finally:
+        conn.close()
+
+
+SAP_DDL = """
+CREATE TABLE "OITM" ("ItemCode" varchar(50) PRIMARY KEY, "OnHand" numeric(19,6) NOT NULL,
+                     "SellItem" char(1) NOT NULL DEFAULT 'Y');
+CREATE TABLE "ITM1" ("ItemCode" varchar(50), "PriceList" int, "Price" numeric(19,6), "Currency" varchar(3),
+                     PRIMARY KEY ("ItemCode", "PriceList"));
+CREATE TABLE itemgroups (groupcode int PRIMARY KEY, "GroupName" text);
+"""
+
+
+def test_mixed_case_erp_mapped_with_quoted_identifiers_end_to_end(pg_dsn: str, tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SAP Business One-style ERP ("OITM"."ItemCode"): the mapping names tables and columns as SQL would
+    (quoted: exactly; unquoted: folded to lower case, as PostgreSQL does); config validate passes and the
+    streamed facts equal the snapshot SELECT."""
+    import yaml
+
+    from erpsync.cli import main
+    from erpsync.config import load_config
+    from sinks.emulators.webhook import WebhookEmulator
+    from tests.test_e2e import Running
+    from tests.test_mapping_examples import assert_shop_equals_snapshot_select
+
+    execute(pg_dsn, SAP_DDL,
+            "INSERT INTO \"OITM\" VALUES ('A-1', 5, 'Y'), ('B-2', 7, 'N'), ('C-3', 2, 'Y')",
+            "INSERT INTO \"ITM1\" VALUES ('A-1', 1, 9.95, 'EUR'), ('C-3', 1, 3.5, 'EUR'), "
+            "('A-1', 2, 8, 'EUR')",
+            "INSERT INTO itemgroups VALUES (1, 'Retail'), (2, 'Sale')")
+    shop = WebhookEmulator()
+    shop.start()
+    cfg = {
+        "source": {"kind": "postgres", "dsn": pg_dsn, "slot": "sap", "publication": "sap",
+                   "heartbeat_seconds": 1},
+        "lookups": {"GroupName": {"table": "PUBLIC.ItemGroups", "key": "GroupCode", "value": '"GroupName"'}},
+        "stock": {"table": '"OITM"', "sku": '"ItemCode"', "warehouse": "'01'", "quantity": '"OnHand"',
+                  "filter": "\"SellItem\" = 'Y'", "locations": {"01": "main"}, "key": ['"ItemCode"']},
+        "prices": {"table": 'public."ITM1"', "sku": '"ItemCode"',
+                   "price_list": 'lookup(GroupName, "PriceList")', "amount": '"Price"',
+                   "currency": '"Currency"'},
+        "sinks": [{"name": "shop", "kind": "webhook", "url": shop.endpoint, "timeout_seconds": 2,
+                   "secret": "hook-test-key"}],
+        "outbox": {"path": str(tmp_path / "outbox.db")},
+        "ops": {"listen": "127.0.0.1:0"},
+    }
+    path = tmp_path / "sap.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    from click.testing import CliRunner
+
+    r = CliRunner().invoke(main, ["--log-format", "text", "config", "validate", str(path)])
+    assert r.exit_code == 0, r.output
+    conf = load_config(str(path))
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    try:
+        with Running(conf, drain_seconds=1):
+            cur.execute("UPDATE \"OITM\" SET \"OnHand\" = \"OnHand\" + 4 WHERE \"ItemCode\" = 'A-1'")
+            cur.execute("UPDATE \"OITM\" SET \"SellItem\" = 'Y' WHERE \"ItemCode\" = 'B-2'")
+            cur.execute("INSERT INTO \"OITM\" VALUES ('D-4', 11, 'Y')")
+            cur.execute("UPDATE \"ITM1\" SET \"Price\" = 10.5 "
+                        "WHERE \"ItemCode\" = 'A-1' AND \"PriceList\" = 1")
+            cur.execute("INSERT INTO \"ITM1\" VALUES ('D-4', 2, 1.25, 'EUR')")
+            assert_shop_equals_snapshot_select(shop, conf, cur, "postgres")
+            assert shop.stock() == {("A-1", "main"): 9, ("B-2", "main"): 7, ("C-3", "main"): 2,
+                                    ("D-4", "main"): 11}
+            prices = {(k[1], k[2]): Decimal(v["amount"]) for k, v in shop.values.items() if k[0] == "price"}
+            assert prices == {("A-1", "Retail"): Decimal("10.50"), ("A-1", "Sale"): Decimal("8.00"),
+                              ("C-3", "Retail"): Decimal("3.50"), ("D-4", "Sale"): Decimal("1.25")}
+            assert not shop.regressions
+    finally:
+        shop.stop()
+        conn.close()

@@ -14,16 +14,42 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from cdc.mapping.model import LookupMapping, MappingSpec, PriceMapping, StockMapping
-from cdc.mapping.rules import Rule, RuleError
+from cdc.mapping.rules import Rule, RuleError, identifier_path
 from cdc.sources.registry import plugin_for
 
 STOCK_FIELDS = ("sku", "warehouse", "quantity", "reserved", "filter", "safety_stock_per_sku")
 PRICE_FIELDS = ("sku", "price_list", "amount", "currency", "compare_at", "valid_from", "valid_to", "filter")
 
 
-def table_name(name: str, default_schema: str = "public") -> str:
-    """``schema.table`` of a mapped table; an unqualified name is in ``default_schema``."""
-    return name if "." in name else f"{default_schema}.{name}"
+def table_name(name: str, default_schema: str = "public", dialect: str | None = None,
+               path: str = "table") -> str:
+    """``schema.table`` of a mapped table, each part as the database stores it; an unqualified name is in
+    ``default_schema``. A name written as SQL (``"OITM"``, ``sales."OITM"``, ``oitm``) is read as
+    ``dialect`` reads it: quoted parts exactly, unquoted ones folded as the database folds them
+    (PostgreSQL: to lower case). A name that is not SQL identifier syntax is taken as written, each
+    dot-separated part one name."""
+    parts = identifier_path(name, dialect)
+    if parts is None:
+        return name if "." in name else f"{default_schema}.{name}"
+    if len(parts) > 2:
+        raise RuleError(f"{path}: {name!r}: write schema.table or table (a database/catalog part is not "
+                        f"supported)")
+    if any("." in p for p in parts):
+        raise RuleError(f"{path}: {name!r}: a table or schema name holding '.' is not supported")
+    return ".".join(parts) if len(parts) == 2 else f"{default_schema}.{parts[0]}"
+
+
+def column_name(name: str, dialect: str | None) -> str:
+    """A column named in the config outside rules (``key:``): ``"ItemCode"`` exactly, an unquoted name as
+    ``dialect`` folds it, a name that is not SQL identifier syntax as written."""
+    parts = identifier_path(name, dialect)
+    return parts[0] if parts is not None and len(parts) == 1 else name
+
+
+def source_dialect(spec: MappingSpec) -> str | None:
+    """The sqlglot dialect of the spec's ``source:`` (how its database reads names); None without one."""
+    source: Any = getattr(spec, "source", None)
+    return None if source is None else plugin_for(source.kind).dialect(source)
 
 
 def default_schema(spec: MappingSpec) -> str:
@@ -41,12 +67,13 @@ class CompiledLookup:
 
     __slots__ = ("columns", "filter", "key", "name", "src", "table", "value")
 
-    def __init__(self, name: str, spec: LookupMapping, default_schema: str) -> None:
+    def __init__(self, name: str, spec: LookupMapping, default_schema: str,
+                 dialect: str | None = None) -> None:
         path = f"lookups.{name}"
-        self.name, self.key = name, spec.key
-        self.table = table_name(spec.table, default_schema)
-        self.value = Rule(spec.value, f"{path}.value")
-        self.filter = Rule(spec.filter, f"{path}.filter") if spec.filter else None
+        self.name, self.key = name, column_name(spec.key, dialect)
+        self.table = table_name(spec.table, default_schema, dialect, f"{path}.table")
+        self.value = Rule(spec.value, f"{path}.value", dialect)
+        self.filter = Rule(spec.filter, f"{path}.filter", dialect) if spec.filter else None
         for r in (self.value, self.filter):
             if r is not None and r.lookups:
                 raise RuleError(f"{r.path}: a lookup's own rules cannot call lookup()")
@@ -79,12 +106,14 @@ class RuleBlock:
     numeric_fields: tuple[str, ...] = ()  # the rules the ERP must compute as numbers (schema check)
 
     def __init__(
-        self, spec: StockMapping | PriceMapping, default_schema: str, lookups: dict[str, CompiledLookup]
+        self, spec: StockMapping | PriceMapping, default_schema: str, lookups: dict[str, CompiledLookup],
+        dialect: str | None = None,
     ) -> None:
-        self.table = table_name(spec.table, default_schema)
-        self.key: list[str] | None = spec.key
+        self.table = table_name(spec.table, default_schema, dialect, f"{self.path}.table")
+        self.key: list[str] | None = [column_name(k, dialect) for k in spec.key] if spec.key else spec.key
         self.rules: dict[str, Rule] = {
-            f: Rule(getattr(spec, f), f"{self.path}.{f}") for f in self.fields if getattr(spec, f) is not None
+            f: Rule(getattr(spec, f), f"{self.path}.{f}", dialect)
+            for f in self.fields if getattr(spec, f) is not None
         }
         self.columns: list[str] = _columns(self.rules.values())
         # undeclared names are refused by CompiledMapping once every block is compiled
@@ -111,8 +140,9 @@ class RuleBlock:
 class StockRules(RuleBlock):
     kind, path, fields, numeric_fields = "stock", "stock", STOCK_FIELDS, ("quantity", "reserved")
 
-    def __init__(self, spec: StockMapping, default_schema: str, lookups: dict[str, CompiledLookup]) -> None:
-        super().__init__(spec, default_schema, lookups)
+    def __init__(self, spec: StockMapping, default_schema: str, lookups: dict[str, CompiledLookup],
+                 dialect: str | None = None) -> None:
+        super().__init__(spec, default_schema, lookups, dialect)
         self.spec = spec
         if isinstance(spec.safety_stock, dict):
             bad = sorted(set(spec.safety_stock) - set(spec.locations.values()))
@@ -123,8 +153,9 @@ class StockRules(RuleBlock):
 class PriceRules(RuleBlock):
     kind, path, fields, numeric_fields = "price", "prices", PRICE_FIELDS, ("amount", "compare_at")
 
-    def __init__(self, spec: PriceMapping, default_schema: str, lookups: dict[str, CompiledLookup]) -> None:
-        super().__init__(spec, default_schema, lookups)
+    def __init__(self, spec: PriceMapping, default_schema: str, lookups: dict[str, CompiledLookup],
+                 dialect: str | None = None) -> None:
+        super().__init__(spec, default_schema, lookups, dialect)
         self.spec = spec
         try:
             self.tz = ZoneInfo(spec.timezone)
@@ -135,14 +166,16 @@ class PriceRules(RuleBlock):
 class CompiledMapping:
     """The mapping's lookups, stock and prices blocks, compiled; ``tables``: every table it reads."""
 
-    def __init__(self, spec: MappingSpec, default_schema: str = "public") -> None:
+    def __init__(self, spec: MappingSpec, default_schema: str = "public", dialect: str | None = None) -> None:
+        """``dialect``: how the source database reads names (unquoted ones folded as it folds them);
+        None: every name as written."""
         self.spec = spec
         self.default_schema = default_schema
         self.lookups: dict[str, CompiledLookup] = {
-            name: CompiledLookup(name, lm, default_schema) for name, lm in spec.lookups.items()
+            name: CompiledLookup(name, lm, default_schema, dialect) for name, lm in spec.lookups.items()
         }
-        self.stock = StockRules(spec.stock, default_schema, self.lookups) if spec.stock else None
-        self.prices = PriceRules(spec.prices, default_schema, self.lookups) if spec.prices else None
+        self.stock = StockRules(spec.stock, default_schema, self.lookups, dialect) if spec.stock else None
+        self.prices = PriceRules(spec.prices, default_schema, self.lookups, dialect) if spec.prices else None
         for block in self.blocks:
             for rule in block.rules.values():
                 for name in rule.lookup_names:
@@ -154,7 +187,7 @@ class CompiledMapping:
         """``mapping`` itself when compiled already, else it compiled in its source's default schema."""
         if isinstance(mapping, CompiledMapping):
             return mapping
-        return cls(mapping, default_schema(mapping))
+        return cls(mapping, default_schema(mapping), source_dialect(mapping))
 
     @property
     def blocks(self) -> list[RuleBlock]:

@@ -23,15 +23,20 @@ class LookupMapping(_Strict):
     """``lookup(name, x)`` gives ``value`` of the row of ``table`` whose ``key`` column equals x, or NULL
     when there is none or ``filter`` is not true for it (e.g. an inactive item has no SKU)."""
 
-    table: str = Field(description="schema.table (PostgreSQL) or table (MySQL) to resolve keys through")
-    key: str = Field(description="column holding the key (unique in the table, e.g. the primary key)")
+    table: str = Field(description="[schema.]table to resolve keys through, as written in SQL: quoted names "
+                       "exact, unquoted ones folded as the database does (PostgreSQL: lower case)")
+    key: str = Field(description="column holding the key (unique in the table, e.g. the primary key); "
+                     "quoted: exact, unquoted: folded like table")
     value: str = Field(description="SQL expression on that table's row giving the looked-up value")
     filter: str | None = Field(None, description="SQL condition; rows where it is not true resolve to NULL")
 
 
 class StockMapping(_Strict):
-    table: str = Field(description="schema.table (PostgreSQL) or table (MySQL) holding stock rows")
-    sku: str = Field(description="SQL expression giving the SKU (may use lookup(name, expr))")
+    table: str = Field(description="[schema.]table holding stock rows, as written in SQL: quoted names exact "
+                       "(\"OITM\"), unquoted ones folded as the database does (PostgreSQL: lower case)")
+    sku: str = Field(description="SQL expression giving the SKU (may use lookup(name, expr)); its columns "
+                     "are named like table: quoted (\"ItemCode\") exact, unquoted folded as the database "
+                     "does")
     warehouse: str = Field(description="SQL expression giving the ERP warehouse code")
     quantity: str = Field(description="SQL expression giving the quantity this row contributes")
     reserved: str | None = Field(None, description="SQL expression subtracted from quantity (NULL = 0)")
@@ -51,7 +56,8 @@ class StockMapping(_Strict):
         "the rows of a (sku, location) counts",
     )
     key: list[str] | None = Field(
-        None, description="columns identifying a row (default: the table's primary key / replica identity)"
+        None, description="columns identifying a row (default: the table's primary key / replica identity); "
+        "quoted: exact, unquoted: folded like table"
     )
 
     def location_of(self, warehouse: object) -> str | None:
@@ -71,7 +77,8 @@ class PriceMapping(_Strict):
     """One fact per (sku, shop price list): among the rows valid now, the one with the latest valid_from
     (rows without one come last), then the lowest amount, then the currency in alphabetical order."""
 
-    table: str = Field(description="table holding price list lines")
+    table: str = Field(description="[schema.]table holding price list lines, as written in SQL: quoted names "
+                       "exact, unquoted ones folded as the database does (PostgreSQL: lower case)")
     sku: str = Field(description="SQL expression giving the SKU")
     price_list: str = Field(description="SQL expression giving the ERP price list")
     amount: str = Field(description="SQL expression giving the price")
@@ -91,7 +98,10 @@ class PriceMapping(_Strict):
         "a price field); empty: every list keeps its ERP name; otherwise unmapped lists are ignored",
     )
     timezone: str = Field("UTC", description="time zone of dates and naive timestamps in valid_from/valid_to")
-    key: list[str] | None = None
+    key: list[str] | None = Field(
+        None, description="columns identifying a row (default: the table's primary key / replica identity); "
+        "quoted: exact, unquoted: folded like table"
+    )
 
     def list_of(self, erp_list: object) -> str | None:
         if erp_list is None:

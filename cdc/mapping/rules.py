@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 
 DIALECTS = ("postgres", "mysql", "duckdb")
@@ -21,6 +22,31 @@ DIALECTS = ("postgres", "mysql", "duckdb")
 
 class RuleError(ValueError):
     """A rule that cannot be parsed, compiled or transpiled; the message names its YAML path."""
+
+
+def identifier_name(ident: exp.Identifier, dialect: str | None) -> str:
+    """The name the database stores for an identifier as the config writes it: a quoted one exactly; an
+    unquoted one as ``dialect`` folds it (PostgreSQL: to lower case; MySQL: unchanged); no dialect: as
+    written."""
+    if ident.quoted or dialect is None:
+        return ident.name
+    return Dialect.get_or_raise(dialect).normalize_identifier(ident.copy()).name
+
+
+def identifier_path(text: str, dialect: str | None) -> list[str] | None:
+    """The parts of ``text`` written as a SQL name (``"OITM"``, ``sales."OITM"``, ``oitm``), each as the
+    database stores it (see identifier_name); None when ``text`` is not written in SQL identifier syntax
+    (then the caller takes each dot-separated part exactly as written)."""
+    try:
+        table = sqlglot.parse_one(text, into=exp.Table, read=dialect, error_level=ErrorLevel.RAISE)
+    except (SqlglotError, RecursionError):
+        return None
+    names = ("catalog", "db", "this")
+    parts = [table.args.get(k) for k in names if table.args.get(k) is not None]
+    other = [k for k, v in table.args.items() if v not in (None, [], False) and k not in names]
+    if other or not all(isinstance(p, exp.Identifier) for p in parts):
+        return None
+    return [identifier_name(p, dialect) for p in parts]
 
 
 def to_number(v: Any) -> Any:
@@ -201,9 +227,11 @@ MAX_TEXT = 10_000  # characters of a rule
 
 
 class Rule:
-    """One compiled rule. ``columns`` are the (lower-cased as written) column names it reads."""
+    """One compiled rule. ``columns`` are the names of the columns it reads as the database stores them:
+    a quoted name (``"ItemCode"``) exactly, an unquoted one as ``dialect`` folds it (PostgreSQL: lower
+    case); without a dialect, as written."""
 
-    def __init__(self, text: str | int, path: str) -> None:
+    def __init__(self, text: str | int, path: str, dialect: str | None = None) -> None:
         self.text = str(text)
         self.path = path
         if len(self.text) > MAX_TEXT:
@@ -218,6 +246,7 @@ class Rule:
         if self.tree is None or isinstance(self.tree, (exp.Select, exp.Query, exp.Command)):
             raise RuleError(f"{path}: rule {self.text!r} must be an expression, not a statement")
         self._check_tree()
+        self._resolve_columns(dialect)
         self.columns: list[str] = []
         # lookup(name, expr) calls: (name, compiled key expression; one function object per distinct
         # expression, shared by all rules); the normalizer resolves them
@@ -274,6 +303,18 @@ class Rule:
 
             tree = tree.transform(swap, copy=False)
         return tree
+
+    def _resolve_columns(self, dialect: str | None) -> None:
+        """Each column of the tree quoted, holding its name as the database stores it: the stream's row
+        keys and the SELECTs' quoted identifiers are then the same names."""
+        if dialect is None:
+            return
+        for col in list(self.tree.find_all(exp.Column)):
+            parent = col.parent
+            if parent is not None and _is_lookup(parent) and parent.expressions[0] is col:
+                continue  # the lookup's name, not a column
+            if isinstance(col.this, exp.Identifier):
+                col.set("this", exp.to_identifier(identifier_name(col.this, dialect), quoted=True))
 
     def _check_tree(self) -> None:
         """Refuse, anywhere in the tree, a node type (or argument) rules do not support, a tree nested

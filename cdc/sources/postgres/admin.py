@@ -424,9 +424,14 @@ def erp_postgres(conn: Any, slot: str) -> dict[str, Any]:
 def connect_sql(src: PostgresSourceConfig) -> Any:
     """A plain autocommit connection for checks, the reconciler's snapshot and the schema check."""
     import psycopg2
+    import psycopg2.extensions
 
     try:
-        conn = psycopg2.connect(src.dsn.get_secret_value(), connect_timeout=10, **src.tls_kwargs())
+        dsn = src.dsn.get_secret_value()
+        opts = psycopg2.extensions.parse_dsn(dsn).get("options", "")
+        # floats as stored even where the database or role sets extra_float_digits=0 (see SESSION_OPTIONS)
+        conn = psycopg2.connect(dsn, connect_timeout=10, options=f"{opts} -c extra_float_digits=3".strip(),
+                                **src.tls_kwargs())
     except psycopg2.OperationalError as e:
         raise connect_error(f"source.dsn: cannot connect to PostgreSQL: {first_line(e)}") from None
     except psycopg2.Error as e:  # a DSN libpq cannot parse: its message quotes a fragment (the password?)
