@@ -175,3 +175,18 @@ def test_mixed_case_erp_mapped_with_quoted_identifiers_end_to_end(pg_dsn: str, t
     finally:
         shop.stop()
         conn.close()
+
+
+def test_table_names_are_read_as_the_database_reads_them() -> None:
+    from cdc.mapping.compiled import table_name
+    from cdc.mapping.rules import RuleError
+
+    assert table_name('"OITM"', "public", "postgres") == "public.OITM"
+    assert table_name('Sales."OITM"', "public", "postgres") == "sales.OITM"
+    assert table_name("OITM", "public", "postgres") == "public.oitm"
+    assert table_name('"a""b"', "public", "postgres") == 'public.a"b'
+    assert table_name("Stock", "erp", "mysql") == "erp.Stock"
+    with pytest.raises(RuleError, match=r"stock\.table: .*holding '\.'"):
+        table_name('"my.table"', "public", "postgres", "stock.table")
+    with pytest.raises(RuleError, match=r"prices\.table: .*schema\.table"):
+        table_name("db.sales.items", "public", "postgres", "prices.table")
