@@ -7,16 +7,19 @@ column is looked up by its binlog column type in ``_COLUMN_CODE``.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
+import ipaddress
 import json
 import re
 import struct
+import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from cdc.changes import RowChange, SourceInfo, SourceMisconfigured
+from cdc.changes import RowChange, SourceError, SourceInfo, SourceMisconfigured
 
 # binlog event types
 ROTATE, QUERY, STOP, FORMAT_DESCRIPTION, XID, TABLE_MAP, HEARTBEAT = 4, 2, 3, 15, 16, 19, 27
@@ -62,17 +65,24 @@ def _timestamp(sec: int, us: int) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(sec, dt.UTC).replace(microsecond=us)
 
 
-def _time2(x: int, us: int, fsp_bytes: int) -> dt.timedelta:
-    # TIME2: 24-bit signed-offset integer part; for negatives the fraction is stored complemented
-    x -= 0x800000
-    neg = x < 0
+def _time2(x: int, fb: int) -> dt.timedelta:
+    """A TIME2 value read as one big-endian int of its 3 + ``fb`` bytes, as MySQL's
+    my_time_packed_from_binary reads it (negative values keep their fraction binary-complemented)."""
+    if fb == 3:
+        packed = x - 0x800000000000
+    else:
+        bits = 8 * fb
+        intpart, frac = (x >> bits) - 0x800000, x & ((1 << bits) - 1)
+        if intpart < 0 and frac:
+            intpart += 1
+            frac -= 1 << bits
+        packed = (intpart << 24) + frac * (10000 if fb == 1 else 100)
+    neg = packed < 0
     if neg:
-        if us:
-            x += 1
-            us = (10 ** (6 if fsp_bytes == 3 else 4 if fsp_bytes == 2 else 2)) - us
-            us *= 1 if fsp_bytes == 3 else 100 if fsp_bytes == 2 else 10000
-        x = -x
-    td = dt.timedelta(hours=(x >> 12) & 0x3FF, minutes=(x >> 6) & 63, seconds=x & 63, microseconds=us)
+        packed = -packed
+    hms = packed >> 24
+    td = dt.timedelta(hours=(hms >> 12) & 0x3FF, minutes=(hms >> 6) & 63, seconds=hms & 63,
+                      microseconds=packed & 0xFFFFFF)
     return -td if neg else td
 
 
@@ -234,7 +244,41 @@ def _text(c: ColumnInfo, g: dict[str, Any], expr: str) -> str:
         return f"_jl(str({expr}, 'utf-8'))"
     if c.encoding is None:
         return f"bytes({expr})"
-    return f"str({expr}, {c.encoding!r}, 'replace')"
+    table = CHARMAPS.get(c.encoding)
+    if table is not None:  # a charset Python has no exact codec for, as a 256-character decoding table
+        g["_cmd"] = codecs.charmap_decode
+        g[f"_cm{c.encoding}"] = table
+        return f"_cmd({expr}, 'strict', _cm{c.encoding})[0]"
+    return f"str({expr}, {c.encoding!r})"  # strict: undecodable bytes stop the stream, naming the column
+
+
+def _charmap(codec: str, overrides: dict[int, str]) -> str:
+    """A 256-character decoding table: ``codec`` where it agrees with the server, else ``overrides``
+    (U+FFFE: a byte the server maps to no character, which stops the stream)."""
+    out = []
+    for x in range(256):
+        try:
+            out.append(overrides.get(x) or bytes([x]).decode(codec))
+        except UnicodeDecodeError:
+            out.append("\ufffe")
+    return "".join(out)
+
+
+_NONE = "\ufffe"
+# single-byte MariaDB charsets whose Python codec differs from the server's table on some bytes (checked
+# byte for byte against CONVERT(... USING utf32) on MariaDB 10.11)
+CHARMAPS: dict[str, str] = {
+    "mariadb_latin1": _charmap("cp1252", {x: chr(x) for x in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}),
+    "mariadb_hebrew": _charmap("iso8859_8", {0xAF: "\u203e"}),
+    "mariadb_tis620": _charmap("tis_620", {x: "\ufffd" for x in (0xA0, 0xDB, 0xDC, 0xDD, 0xDE, 0xFC, 0xFD,
+                                                                  0xFE, 0xFF)}),
+    "mariadb_koi8u": _charmap("koi8_u", {0x95: "\u2022"}),
+    "mariadb_greek": _charmap("iso8859_7", {0xA1: "\u02bd", 0xA2: "\u02bc", 0xA4: _NONE, 0xA5: _NONE,
+                                            0xAA: _NONE}),
+    "mariadb_cp866": _charmap("cp866", {0xFC: "\u207f", 0xFD: "\u00b2"}),
+    "mariadb_cp1256": _charmap("cp1256", dict.fromkeys((0x8A, 0x8F, 0x98, 0x9A, 0x9F, 0xAA, 0xC0, 0xFF),
+                                                       _NONE)),
+}
 
 
 def _fixed(signed_fmt: str, unsigned_fmt: str, size: int) -> ColumnCode:
@@ -333,7 +377,33 @@ def _string(i: int, c: ColumnInfo, meta: int, keep: bool, g: dict[str, Any]) -> 
     if sub is not None:
         return sub(i, c, low, keep, g)
     max_len = (((meta >> 4) & 0x300) ^ 0x300) + low
-    return _length_prefixed(i, c, 1 if max_len < 256 else 2, keep, g)
+    lp = 1 if max_len < 256 else 2
+    fmt = _BINARY_TEXT.get(c.data_type)
+    if fmt is None and c.encoding is not None:
+        return _length_prefixed(i, c, lp, keep, g)
+    # BINARY(n) (and MariaDB's UUID/INET4/INET6, stored as one) is logged without its trailing 0x00 pad
+    g["_u16"] = U16
+    val = f"bytes(b[p + {lp}:p + {lp} + n]).ljust({max_len}, b'\\0')"
+    if fmt is not None:
+        g[f"_f{i}"] = fmt
+        val = f"_f{i}({val})"
+    n = "b[p]" if lp == 1 else "_u16(b, p)[0]"
+    return [f"n = {n}", *([f"v{i} = {val}"] if keep else []), f"p += {lp} + n"]
+
+
+def _inet6(raw: bytes) -> str:
+    """An INET6 value as MariaDB prints it (IPv4-mapped and IPv4-compatible addresses end in a.b.c.d)."""
+    a = ipaddress.IPv6Address(raw)
+    if raw[:10] == bytes(10) and raw[10:12] in (b"\xff\xff", b"\0\0") and (raw[10] or raw[12:14] != bytes(2)):
+        return ("::ffff:" if raw[10] else "::") + str(ipaddress.IPv4Address(raw[12:]))
+    return str(a)
+
+
+_BINARY_TEXT: dict[str, Callable[[bytes], str]] = {
+    "uuid": lambda raw: str(uuid.UUID(bytes=raw)),
+    "inet4": lambda raw: str(ipaddress.IPv4Address(raw)),
+    "inet6": _inet6,
+}
 
 
 _STRING_REAL: dict[int, ColumnCode] = {ENUM: _enum, SET: _set}
@@ -381,8 +451,7 @@ def _time2_code(i: int, c: ColumnInfo, meta: int, keep: bool, g: dict[str, Any])
     if not keep:
         return [f"p += {size}"]
     g["_t2"] = _time2
-    raw_us = f"int.from_bytes(b[p + 3:p + {size}], 'big')" if fb else "0"
-    return [f"v{i} = _t2(int.from_bytes(b[p:p + 3], 'big'), {raw_us}, {fb})", f"p += {size}"]
+    return _cached(i, g, size, [f"v{i} = _t2(k, {fb})"])
 
 
 def _old_timestamp_code(i: int, c: ColumnInfo, meta: int, keep: bool, g: dict[str, Any]) -> list[str]:
@@ -479,10 +548,29 @@ def _image_code(layout: Layout, present: bytes, dict_name: str) -> list[str]:
     return g_lines
 
 
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        table = CHARMAPS.get(encoding)
+        codecs.charmap_decode(raw, "strict", table) if table is not None else codecs.decode(raw, encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _undecodable(layout: Layout) -> Callable[[UnicodeDecodeError], None]:
+    def bad(e: UnicodeDecodeError) -> None:
+        text = [c for c in layout.columns if c.encoding is not None]
+        cols = [c.name for c in text if not _decodes(e.object, str(c.encoding))] or [c.name for c in text]
+        names = ", ".join(f"{layout.info.db}.{layout.info.table}.{n}" for n in cols)
+        raise SourceError(f"{names}: bytes {e.object[e.start:e.end]!r} in the binlog are not valid "
+                          f"{e.encoding}; stopping rather than emitting a wrong value") from None
+    return bad
+
+
 def _generate(layout: Layout, kind: str, present: bytes, present_after: bytes) -> Any:
     """Compile ``f(b, p, end, app, si, key)`` that appends one RowChange per row of a rows event body."""
-    layout._g = g = {"_RC": RowChange, "_tz": layout.tz}
-    lines = ["def f(b, p, end, app, si, key):", "    while p < end:"]
+    layout._g = g = {"_RC": RowChange, "_tz": layout.tz, "_bad": _undecodable(layout)}
+    lines = ["def f(b, p, end, app, si, key):", "  try:", "    while p < end:"]
     if kind == "u":
         body = _image_code(layout, present, "bf") + _image_code(layout, present_after, "af")
         body.append("app(_RC('u', si, bf, af, key))")
@@ -491,7 +579,7 @@ def _generate(layout: Layout, kind: str, present: bytes, present_after: bytes) -
     else:
         body = [*_image_code(layout, present, "bf"), "app(_RC('d', si, bf, None, key))"]
     lines.extend("        " + s for s in body)
-    lines.append("    return p")
+    lines += ["    return p", "  except UnicodeDecodeError as e:", "    _bad(e)"]
     exec(compile("\n".join(lines), f"<mysql rows {layout.info.db}.{layout.info.table}>", "exec"), g)
     return g["f"]
 

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pymysql
 
+from cdc.changes import SourceMisconfigured
 from cdc.sources.mysql.decoder import ColumnInfo, TableInfo
 
 
@@ -22,8 +23,22 @@ def quote_ident(name: str) -> str:
 
 Query = Callable[..., list[tuple[Any, ...]]]  # (sql, args=None) → rows
 
-_TEXT_ENC = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "cp1252", "ascii": "ascii",
-             "ucs2": "utf-16-be", "utf16": "utf-16-be", "utf32": "utf-32-be", "binary": None}
+# MariaDB character set → the codec that decodes its bytes exactly: a Python codec, or a decoding table of
+# decoder.CHARMAPS (single-byte charsets, checked byte for byte against the server's own conversion).
+# A charset absent here (sjis: 0x815F is U+005C, not U+FF3C; armscii8, dec8, swe7, ...) has no faithful
+# codec: its columns are refused.
+_TEXT_ENC: dict[str, str | None] = {
+    "utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf8": "utf-8", "latin1": "mariadb_latin1", "ascii": "ascii",
+    "ucs2": "utf-16-be", "utf16": "utf-16-be", "utf16le": "utf-16-le", "utf32": "utf-32-be", "binary": None,
+    "latin2": "iso8859_2", "latin5": "iso8859_9", "latin7": "iso8859_13", "greek": "mariadb_greek",
+    "hebrew": "mariadb_hebrew", "cp1250": "cp1250", "cp1251": "cp1251", "cp1256": "mariadb_cp1256",
+    "cp1257": "cp1257",
+    "cp850": "cp850", "cp852": "cp852", "cp866": "mariadb_cp866", "koi8r": "koi8_r", "koi8u": "mariadb_koi8u",
+    "macroman": "mac_roman", "macce": "mac_latin2", "tis620": "mariadb_tis620",
+    "cp932": "cp932", "ujis": "euc_jp", "euckr": "euc_kr", "gb2312": "gb2312", "gbk": "gbk", "big5": "big5",
+}
+
+_ENUM_ESC = {"0": "\0", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a", "b": "\b"}
 
 
 def server_timezone(query: Query) -> dt.tzinfo:
@@ -92,13 +107,29 @@ def load_table_info(query: Query, tables: list[str], mariadb: bool) -> dict[tupl
     return info
 
 
+def _encoding(s: str, t: str, name: str, charset: Any) -> str | None:
+    if not charset:
+        return None
+    cs = str(charset).lower()
+    if cs not in _TEXT_ENC:
+        raise SourceMisconfigured(f"{s}.{t}.{name}: character set {cs} has no exact decoding in erpsync; "
+                                  "convert the column (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4) or "
+                                  "leave the table unmapped")
+    return _TEXT_ENC[cs]
+
+
+def _label(m: re.Match[str]) -> str:
+    """One quoted ENUM/SET member of COLUMN_TYPE unescaped ('' is ', a backslash escapes)."""
+    return re.sub(r"''|\\(.)", lambda e: "'" if e[0] == "''" else _ENUM_ESC.get(e[1], e[1]), m[1], flags=re.S)
+
+
 def _column(s: str, t: str, name: str, dtype: str, ctype: str, charset: Any,
             json_cols: set[tuple[str, str, str]]) -> ColumnInfo:
     c = ColumnInfo(name=name, data_type=dtype.lower(), unsigned="unsigned" in ctype,
-                   encoding=_TEXT_ENC.get(str(charset).lower(), "utf-8") if charset else None,
+                   encoding=_encoding(s, t, name, charset),
                    is_json=dtype.lower() == "json" or (s, t, name) in json_cols)
     if c.data_type in ("enum", "set"):
-        vals = tuple(v.replace("''", "'") for v in re.findall(r"'((?:[^']|'')*)'", ctype))
+        vals = tuple(_label(m) for m in re.finditer(r"'((?:[^'\\]|''|\\.)*)'", ctype, flags=re.S))
         if c.data_type == "enum":
             c.enum = vals
         else:

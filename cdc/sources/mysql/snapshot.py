@@ -70,6 +70,8 @@ def snapshot_converter(c: ColumnInfo, tz: dt.tzinfo) -> Any:
         return lambda v: int.from_bytes(v, "big") if isinstance(v, bytes) else v
     if t in ("float", "double"):
         return float
+    if t in ("uuid", "inet4", "inet6"):
+        return lambda v: v.decode("ascii") if isinstance(v, bytes) else v
     if c.encoding is None and t in ("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"):
         return lambda v: bytes(v)
     return None
@@ -103,7 +105,9 @@ def _table_rows(conn: pymysql.connections.Connection, ti: TableInfo, wanted: Col
     cols = [c for c in ti.columns if wanted is None or c.name in wanted or c.name in ti.key]
     convs = [snapshot_converter(c, tz) for c in cols]
     names = [c.name for c in cols]
-    sel = ", ".join(quote_ident(c.name) for c in cols)
+    # FLOAT as its exact stored float32 (as the binlog has it), not the 6 digits the server prints
+    sel = ", ".join(f"CAST({quote_ident(c.name)} AS DOUBLE)" if c.data_type == "float"
+                    else quote_ident(c.name) for c in cols)
     with conn.cursor() as cur:
         cur.execute(f"SELECT {sel} FROM {quote_ident(ti.db)}.{quote_ident(ti.table)}")
         while True:
