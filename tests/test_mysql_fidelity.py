@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cdc.changes import Chunk, SourceMisconfigured
+from cdc.changes import Chunk, SourceError, SourceMisconfigured
 from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.replication import MySQLSource
 from erpsync.testing.mariadb import ThrowawayMariaDB
@@ -341,3 +341,26 @@ def test_float_is_the_same_in_stream_snapshot_and_select(mariadb_server, mariadb
     case = Case("floats", [("f", "FLOAT"), ("f2", "FLOAT(10,2)"), ("d", "DOUBLE")], rows,
                 truth={"f": "CAST(f AS DOUBLE)", "f2": "CAST(f2 AS DOUBLE)"}, vendor=vendor)
     assert _run(mariadb_server, mariadb_db, case) > 100
+
+
+@pytest.mark.parametrize(("cs", "raw", "label"), [("ascii", "41e9", "ascii"), ("greek", "41a4", "greek")])
+def test_bytes_the_charset_does_not_define_stop_the_stream_naming_the_column(mariadb_server, mariadb_db, cs,
+                                                                             raw, label):
+    """S4: the server stores bytes the column's charset does not define (SELECT shows '?'); the stream stops
+    naming db.table.column instead of emitting U+FFFD or a guess."""
+    _sql(mariadb_server, mariadb_db,
+         f"CREATE TABLE raw (id INT PRIMARY KEY, a VARCHAR(9) CHARACTER SET {cs}, u VARCHAR(9))")
+    cfg = MySQLSourceConfig(port=mariadb_server.port, user="erpsync", password=USER_PASSWORD,
+                            database=mariadb_db)
+    src = MySQLSource(cfg, ["raw"])
+    try:
+        src.prepare()
+        start = _master_pos(mariadb_server, mariadb_db)
+        _sql(mariadb_server, mariadb_db, "SET SESSION sql_mode = ''",
+             f"INSERT INTO raw VALUES (1, _{cs} x'{raw}', 'é')")
+        assert _sql(mariadb_server, mariadb_db, "SELECT a FROM raw") == [("A?",)]
+        with pytest.raises(SourceError, match=rf"^{mariadb_db}\.raw\.a: bytes b'\\x{raw[2:]}' .* "
+                                              rf"not valid {label};"):
+            _txns(src.stream(f"{start[0]}:{start[1]}"), 1)
+    finally:
+        src.close()

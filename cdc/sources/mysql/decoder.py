@@ -559,11 +559,19 @@ def _decodes(raw: bytes, encoding: str) -> bool:
 
 def _undecodable(layout: Layout) -> Callable[[UnicodeDecodeError], None]:
     def bad(e: UnicodeDecodeError) -> None:
-        text = [c for c in layout.columns if c.encoding is not None]
-        cols = [c.name for c in text if not _decodes(e.object, str(c.encoding))] or [c.name for c in text]
+        text = [(c.name, c.encoding) for c in layout.columns if c.encoding is not None]
+        if e.encoding == "charmap":  # a CHARMAPS table: the columns decoded by one that rejects these bytes
+            cols = [n for n, enc in text if enc in CHARMAPS and not _decodes(e.object, enc)]
+        else:
+            name = codecs.lookup(e.encoding).name
+            cols = [n for n, enc in text if enc not in CHARMAPS and codecs.lookup(enc).name == name]
+        label = e.encoding
+        if e.encoding == "charmap":
+            label = ", ".join(sorted({str(enc).removeprefix("mariadb_") for n, enc in text if n in cols}))
+        cols = cols or [n for n, _ in text]
         names = ", ".join(f"{layout.info.db}.{layout.info.table}.{n}" for n in cols)
         raise SourceError(f"{names}: bytes {e.object[e.start:e.end]!r} in the binlog are not valid "
-                          f"{e.encoding}; stopping rather than emitting a wrong value") from None
+                          f"{label}; stopping rather than emitting a wrong value") from None
     return bad
 
 
