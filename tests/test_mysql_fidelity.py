@@ -286,10 +286,10 @@ def test_every_charset_with_a_codec_decodes_like_the_server(mariadb_server, mari
     assert n > 600
 
 
-def test_charset_without_a_faithful_codec_is_refused_naming_the_column(mariadb_server, mariadb_db):
-    """S4: no garbage: a column in a charset erpsync cannot decode exactly stops prepare with its name."""
-    have = {cs for cs, _ in _charsets(mariadb_server, mariadb_db)}
-    cs = next(c for c in ("armscii8", "dec8", "swe7", "hp8", "keybcs2", "geostd8") if c in have)
+@pytest.mark.parametrize("cs", ["sjis", "eucjpms", "armscii8", "dec8", "swe7", "hp8", "keybcs2", "geostd8"])
+def test_charset_without_a_faithful_codec_is_refused_naming_the_column(mariadb_server, mariadb_db, cs):
+    """S4: no garbage: a column in a charset erpsync cannot decode exactly stops prepare with its name
+    (sjis: Python's shift_jis reads 0x815F as U+FF3C where the server has U+005C)."""
     _sql(mariadb_server, mariadb_db,
          f"CREATE TABLE odd (id INT PRIMARY KEY, name VARCHAR(9) CHARACTER SET {cs})")
     cfg = MySQLSourceConfig(port=mariadb_server.port, user="erpsync", password=USER_PASSWORD,
