@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
@@ -82,7 +83,58 @@ from cdc.sources.mysql.schema import load_table_info, quote_ident, server_timezo
 from cdc.sources.mysql.snapshot import read_snapshot
 
 MAX_CHUNK = 5_000  # changes per chunk of a large transaction (bounded memory)
+XA_PREPARE = 38  # XA_PREPARE_LOG_EVENT: the end of an XA transaction's PREPARE (its rows precede it)
+FL_PREPARED_XA = 0x40  # MariaDB GTID flag: the transaction is an XA one ending in XA PREPARE
+_XA_START_RE = re.compile(rb"^\s*XA\s+(START|BEGIN)\b", re.I)
+_XA_END_RE = re.compile(rb"^\s*XA\s+(COMMIT|ROLLBACK)\s+X'([0-9a-f]*)'\s*,\s*X'([0-9a-f]*)'\s*,\s*(\d+)",
+                        re.I)
+_XA_ANY_RE = re.compile(rb"^\s*XA\s+(COMMIT|ROLLBACK)\b", re.I)
+_IDENT = rb"(?:`(?:[^`]|``)+`|[^\s`.;]+)"
+_TRUNCATE_RE = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*TRUNCATE\s+(?:TABLE\s+)?(" + _IDENT + rb")(?:\s*\.\s*("
+                          + _IDENT + rb"))?\s*;?\s*$", re.I | re.S)
 _GRANT_ERRORS = (1227, 1045, 1044)  # what a missing REPLICATION CLIENT / SLAVE grant looks like
+
+
+XaKey = tuple[bytes, bytes, int]  # an XA transaction's gtrid, bqual and formatID
+
+
+def _xa_prepared_xid(pkt: bytes) -> XaKey:
+    """The XID of an XA_PREPARE event: one_phase(1) formatID(4) gtrid_length(4) bqual_length(4) data."""
+    fmt, glen, blen = I32(pkt, 21)[0], I32(pkt, 25)[0], I32(pkt, 29)[0]
+    return pkt[33:33 + glen], pkt[33 + glen:33 + glen + blen], fmt
+
+
+def _xid_text(key: XaKey) -> str:
+    """An XID as XA RECOVER and a person write it: 'gtrid'[,'bqual'[,formatID]] (hex when not text)."""
+    def lit(b: bytes) -> str:
+        t = b.decode("utf-8", "replace")
+        return f"'{t}'" if t.isprintable() and "'" not in t and "\ufffd" not in t else f"X'{b.hex()}'"
+
+    g, b, fmt = key
+    return lit(g) + ("" if not b and fmt == 1 else f",{lit(b)}") + ("" if fmt == 1 else f",{fmt}")
+
+
+def _unquote(ident: bytes) -> str:
+    if ident.startswith(b"`"):
+        ident = ident[1:-1].replace(b"``", b"`")
+    return ident.decode("utf-8", "replace")
+
+
+def _query_db(pkt: bytes) -> str:
+    """The default database of a QUERY event (the session's USE)."""
+    dblen = pkt[28]
+    svl = U16(pkt, 31)[0]
+    return pkt[33 + svl:33 + svl + dblen].decode("utf-8", "replace")
+
+
+def _truncated_table(q: bytes, default_db: str) -> tuple[str, str] | None:
+    """(db, table) of a ``TRUNCATE [TABLE] [db.]table`` statement, None for any other statement."""
+    m = _TRUNCATE_RE.match(q)
+    if m is None:
+        return None
+    if m.group(2) is None:
+        return default_db, _unquote(m.group(1))
+    return _unquote(m.group(1)), _unquote(m.group(2))
 
 
 class MySQLSource:
@@ -435,10 +487,14 @@ class _Reader:
         self.skip = False  # this transaction is one the start position already holds
         self.in_txn = False
         self.standalone = False
+        self.xa = False  # inside an XA transaction: its changes wait for XA COMMIT, never split out early
+        self.prepared: dict[XaKey, tuple[list[RowChange], list[SourceInfo]]] = {}  # by XID, until COMMIT
+        self.full_images: set[tuple[Layout, bytes, bytes]] = set()  # column-present bitmaps checked
         self.last_yield = time.monotonic()
         self.handlers: dict[int, Callable[[bytes, int], Chunk | None]] = {
             TABLE_MAP: self._table_map, QUERY: self._query, XID: self._xid, MARIA_GTID: self._maria_gtid,
             MYSQL_GTID: self._mysql_gtid, ROTATE: self._rotate, HEARTBEAT: self._heartbeat,
+            XA_PREPARE: self._xa_prepare,
             **dict.fromkeys(MARIA_COMPRESSED, self._compressed)}
 
     def chunks(self) -> Iterator[Chunk]:
@@ -459,7 +515,7 @@ class _Reader:
             etype = pkt[5]
             end = len(pkt) - ck
             if etype in ROWS:
-                if not self.skip and self._rows(pkt, etype, end):
+                if not self.skip and self._rows(pkt, etype, end) and not self.xa:
                     yield from self._split()
                 continue
             log_pos = I32(pkt, 14)[0] & 0xFFFFFFFF
@@ -491,12 +547,37 @@ class _Reader:
         layout = self.layouts.get(tid)
         if layout is None:
             return False
+        if (layout, present, present_after) not in self.full_images:
+            self._check_full_image(layout, op, present, present_after)
+            self.full_images.add((layout, present, present_after))
         # a per-transaction copy, so stamping this commit's position leaves other txns alone
         si = layout.info.source
         si = SourceInfo("mysql", si.db, si.schema, si.table, "", self.txid, 0)
         self.sources.append(si)
         layout.decoder(op, present, present_after)(pkt, p, end, self.changes.append, si, layout.info.key)
         return len(self.changes) > MAX_CHUNK
+
+    def _check_full_image(self, layout: Layout, op: str, present: bytes, present_after: bytes) -> None:
+        """A rows event must carry every column the mapping reads in each image (binlog_row_image=FULL): a
+        MINIMAL or NOBLOB image, set by a session or globally after prepare(), stops the stream."""
+        images = [("before" if op in "ud" else "after", present)] + ([("after", present_after)] if op == "u"
+                                                                     else [])
+        gaps = []
+        for image, bits in images:
+            missing = [c.name for i, c in enumerate(layout.columns) if not bits[i >> 3] >> (i & 7) & 1
+                       and (layout.wanted is None or c.name in layout.wanted)]
+            if missing:
+                gaps.append(f"{image} image without {', '.join(missing)}")
+        if gaps:
+            kind = {"c": "insert", "u": "update", "d": "delete"}[op]
+            raise SourceMisconfigured(
+                f"the binlog holds a partial row image of {layout.info.db}.{layout.info.table} at "
+                f"{self.file}:{self.offset} ({kind}, {'; '.join(gaps)}): the session that wrote it, or the "
+                "server, uses binlog_row_image MINIMAL or NOBLOB, and full images are needed. SET GLOBAL "
+                "binlog_row_image = 'FULL', put binlog_row_image=FULL in my.cnf and remove any SET SESSION "
+                "binlog_row_image from the ERP's connections (a session keeps its value until it "
+                "reconnects); these changes cannot be read in full: re-snapshot with `erpsync snapshot "
+                "--reset`")
 
     def _split(self) -> Iterator[Chunk]:
         """A rows event holds many rows: hand out exactly MAX_CHUNK changes at a time, keep the rest."""
@@ -523,25 +604,75 @@ class _Reader:
         if q == b"BEGIN":
             self.in_txn = True
             return None
+        if _XA_START_RE.match(q):
+            self.xa = True
+            return None
+        if _XA_ANY_RE.match(q):
+            return self._xa_end(pkt, q)
         if is_ddl(q):
             # columns may have changed: re-read information_schema before the next TABLE_MAP
             self.layout_cache.clear()
             self.layouts.clear()
             self.src._load_info()
+            self._truncate(pkt, q)
         if self.in_txn and not self.standalone and q != b"COMMIT":
             return None  # SAVEPOINT and the like inside a transaction
+        return self._commit(pkt)
+
+    def _truncate(self, pkt: bytes, q: bytes) -> None:
+        """TRUNCATE of a mapped table: one ``t`` change, as the PostgreSQL source emits it."""
+        got = _truncated_table(q, _query_db(pkt))
+        if got is None or got not in self.wanted_tables:
+            return
+        info = self.src._table(f"{got[0]}.{got[1]}")
+        si = SourceInfo("mysql", info.db, info.db, info.table, "", self.txid, 0)
+        self.sources.append(si)
+        self.changes.append(RowChange("t", si, None, None, info.key))
+
+    def _xa_prepare(self, pkt: bytes, end: int) -> None:
+        """XA PREPARE: the transaction's changes wait under its XID for XA COMMIT (or are dropped at XA
+        ROLLBACK). No position is handed out here, so a reader restarted before the COMMIT reads the
+        PREPARE again. One held by the start position is not kept: its COMMIT then stops the stream."""
+        held = self.skip or (not self.use_gtid and self._position().order_key() <= self.start_key)
+        if not held:
+            self.prepared[_xa_prepared_xid(pkt)] = (self.changes, self.sources)
+        self.changes, self.sources = [], []
+        self.in_txn = self.standalone = self.xa = self.skip = False
+        self.txid = None
+
+    def _xa_end(self, pkt: bytes, q: bytes) -> Chunk | None:
+        """XA COMMIT / XA ROLLBACK of a prepared transaction, possibly from another connection."""
+        m = _XA_END_RE.match(q)
+        if m is None:
+            raise SourceMisconfigured(f"cannot read the XID of {q[:200].decode('utf-8', 'replace')!r} at "
+                                      f"{self.file}:{self.offset}")
+        key = (bytes.fromhex(m.group(2).decode()), bytes.fromhex(m.group(3).decode()), int(m.group(4)))
+        got = self.prepared.pop(key, None)
+        held = self.skip or (not self.use_gtid and self._position().order_key() <= self.start_key)
+        if m.group(1).upper() == b"COMMIT" and not held:
+            if got is None:
+                raise SourceMisconfigured(
+                    f"XA COMMIT {_xid_text(key)} at {self.file}:{self.offset} commits a transaction whose XA "
+                    f"PREPARE lies before the position this stream started from ({self.from_position}): its "
+                    "changes are not in the stream from here, and guessing them would be wrong. Re-snapshot "
+                    "with `erpsync snapshot --reset` (the snapshot holds the committed rows)")
+            self.changes = got[0] + self.changes
+            self.sources = got[1] + self.sources
         return self._commit(pkt)
 
     def _xid(self, pkt: bytes, end: int) -> Chunk | None:
         return self._commit(pkt)
 
+    def _position(self) -> BinlogPosition:
+        return BinlogPosition(self.file, self.offset,
+                              maria_gtid_text(self.maria_state) if self.mariadb else self.mysql_gtid)
+
     def _commit(self, pkt: bytes) -> Chunk | None:
         """End of a transaction: its changes with their commit position (or, while idle, a bare position
         now and then); nothing for a transaction the start position already holds."""
-        self.in_txn = self.standalone = False
+        self.in_txn = self.standalone = self.xa = False
         ts = float(I32(pkt, 1)[0] & 0xFFFFFFFF)
-        pos = BinlogPosition(self.file, self.offset,
-                             maria_gtid_text(self.maria_state) if self.mariadb else self.mysql_gtid)
+        pos = self._position()
         self.src._read_pos = pos
         if self.skip or (not self.use_gtid and pos.order_key() <= self.start_key):
             self.skip = False
@@ -569,6 +700,7 @@ class _Reader:
         self.skip = self.use_gtid and prev is not None and prev[0] == sid and seq <= prev[1]
         self.maria_state[domain] = (sid, seq)
         self.standalone = bool(gflags & 1)
+        self.xa = bool(gflags & FL_PREPARED_XA)  # MySQL logs an "XA START" query instead
         self.in_txn = not self.standalone
 
     def _mysql_gtid(self, pkt: bytes, end: int) -> None:
