@@ -3,6 +3,7 @@ TRUNCATE, and partial row images (binlog_row_image MINIMAL / NOBLOB) — against
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,11 @@ from cdc.changes import Chunk, RowChange, SourceMisconfigured
 from cdc.sources.mysql.replication import MAX_CHUNK, MySQLSource
 from cdc.sources.postgres.config import PostgresSourceConfig
 from cdc.sources.postgres.replication import PostgresSource
+from erpsync.testing import wait_for
 from erpsync.testing.mariadb import ThrowawayMariaDB
+from sinks.emulators.webhook import WebhookEmulator
+from tests.erp import Erp
+from tests.test_e2e import Running, converge
 from tests.test_mysql_source import cfg, master_pos, sql
 
 MARKER = 1_000_000  # a row inserted last: once it arrives, everything committed before it has too
@@ -259,3 +264,24 @@ def test_global_row_image_changed_after_start_stops(mariadb_server, mariadb_db, 
         sql(mariadb_server, "SET GLOBAL binlog_row_image = 'FULL'")
     with pytest.raises(SourceMisconfigured, match=rf"{mariadb_db}\.t .*binlog_row_image"):
         read_all(src, qty_table)
+
+
+@pytest.fixture
+def shop() -> Iterator[WebhookEmulator]:
+    emu = WebhookEmulator()
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def test_truncate_zeroes_the_shop_stock_on_both_sources(erp: Erp, shop: WebhookEmulator, tmp_path) -> None:
+    """End to end: a TRUNCATE of the stock table reaches the shop as zero stock, on both sources."""
+    erp.seed(3, random.Random(2))
+    with Running(erp.config(tmp_path, shop.endpoint)):
+        converge(erp, shop)
+        before = erp.expected()
+        assert any(before.values())
+        erp.execute("TRUNCATE TABLE stock_levels")
+        erp.execute("INSERT INTO stock_levels (sku, warehouse_code, on_hand) VALUES ('NEW-1', 'WH-MIL', 7)")
+        want = {**dict.fromkeys(before, 0), **erp.expected()}
+        assert wait_for(lambda: shop.stock() == want, timeout=60), f"shop {shop.stock()} != {want}"
