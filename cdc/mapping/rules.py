@@ -202,7 +202,7 @@ HELPERS: dict[str, Any] = {
 
 _BINARY = {exp.Add: "_add", exp.Sub: "_sub", exp.Mul: "_mul", exp.Div: "_div", exp.Mod: "_mod",
            exp.EQ: "_eq", exp.NEQ: "_ne", exp.GT: "_gt", exp.GTE: "_ge", exp.LT: "_lt", exp.LTE: "_le",
-           exp.DPipe: "_concat"}
+           exp.DPipe: "_concat", exp.And: "_and", exp.Or: "_or"}
 _UNARY_FN = {exp.Lower: "_lower", exp.Upper: "_upper", exp.Abs: "_abs"}
 _INT_TYPES = {"INT", "BIGINT", "SMALLINT", "TINYINT", "INTEGER", "UBIGINT", "UINT", "MEDIUMINT"}
 _DEC_TYPES = {"DECIMAL", "NUMERIC", "DOUBLE", "FLOAT", "REAL", "BIGDECIMAL"}
@@ -211,7 +211,7 @@ _TEXT_TYPES = {"TEXT", "VARCHAR", "CHAR", "NVARCHAR", "NCHAR"}
 # parameter is refused wherever it is); some allow only some of their arguments (_ARGS)
 _ALLOWED: tuple[type[exp.Expression], ...] = (
     exp.Paren, exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Neg, *_BINARY,
-    exp.And, exp.Or, exp.Not, exp.Is, exp.In, exp.Between, exp.Coalesce, exp.Greatest, exp.Least,
+    exp.Not, exp.Is, exp.In, exp.Between, exp.Coalesce, exp.Greatest, exp.Least,
     exp.Concat, exp.Trim, exp.Round, *_UNARY_FN, exp.Case, exp.If, exp.Cast, exp.TryCast, exp.DataType,
     exp.DataTypeParam, exp.Anonymous,
 )
@@ -372,13 +372,9 @@ class Rule:
             return repr(bool(node.this))
         if isinstance(node, exp.Neg):
             return f"_neg({self._py(node.this)})"
-        for cls, fn in _BINARY.items():
-            if type(node) is cls:
-                return f"{fn}({self._py(node.left)}, {self._py(node.right)})"
-        if isinstance(node, exp.And):
-            return f"_and({self._py(node.left)}, {self._py(node.right)})"
-        if isinstance(node, exp.Or):
-            return f"_or({self._py(node.left)}, {self._py(node.right)})"
+        fn = _BINARY.get(type(node))
+        if fn is not None:
+            return f"{fn}({self._py(node.left)}, {self._py(node.right)})"
         if isinstance(node, exp.Not):
             return f"_not({self._py(node.this)})"
         if isinstance(node, exp.Is):
