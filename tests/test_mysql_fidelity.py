@@ -20,21 +20,13 @@ from cdc.sources.mysql.config import MySQLSourceConfig
 from cdc.sources.mysql.replication import MySQLSource
 from erpsync.testing.mariadb import ThrowawayMariaDB
 from tests.fixtures_mariadb import USER_PASSWORD
+from tests.test_mysql_source import sql
 
 Norm = Callable[[Any], Any]
 
 
 def _sql(server: ThrowawayMariaDB, db: str, *stmts: str) -> list[Any]:
-    conn = server.connect(db)
-    out: list[Any] = []
-    try:
-        with conn.cursor() as cur:
-            for s in stmts:
-                cur.execute(s)
-                out = list(cur.fetchall())
-    finally:
-        conn.close()
-    return out
+    return sql(server, *stmts, db=db)
 
 
 def _master_pos(server: ThrowawayMariaDB, db: str) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from erpsync.testing import wait_for
 from erpsync.testing.mariadb import ThrowawayMariaDB
 from sinks.emulators.webhook import WebhookEmulator
 from tests.erp import Erp
-from tests.test_e2e import Running, converge
+from tests.test_e2e import Running, converge, shop  # noqa: F401  (the shop fixture)
 from tests.test_mysql_source import cfg, master_pos, sql
 
 MARKER = 1_000_000  # a row inserted last: once it arrives, everything committed before it has too
@@ -266,15 +266,7 @@ def test_global_row_image_changed_after_start_stops(mariadb_server, mariadb_db, 
         read_all(src, qty_table)
 
 
-@pytest.fixture
-def shop() -> Iterator[WebhookEmulator]:
-    emu = WebhookEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-def test_truncate_zeroes_the_shop_stock_on_both_sources(erp: Erp, shop: WebhookEmulator, tmp_path) -> None:
+def test_truncate_zeroes_the_shop_stock_on_both_sources(erp: Erp, shop: WebhookEmulator, tmp_path) -> None:  # noqa: F811
     """End to end: a TRUNCATE of the stock table reaches the shop as zero stock, on both sources."""
     erp.seed(3, random.Random(2))
     with Running(erp.config(tmp_path, shop.endpoint)):
